@@ -1,0 +1,51 @@
+"""Options and steps every command shares: --config, --source NAME=PATH, --print-config.
+
+    settings = resolve_settings(config, sources, overrides, print_config)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ngpt.console import console
+from ngpt.settings import Settings, deep_merge, load_settings, parse_source_flags, settings_json
+
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="JSON override file shaped like Settings (see configs/).")
+]
+SourceOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--source", help="NAME=PATH: read source NAME from a local file/dir in the hub's schema. Repeatable."),
+]
+PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved settings as JSON and exit.")]
+
+
+def resolve_settings(
+    config: Path | None,
+    sources: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    print_config: bool = False,
+) -> Settings:
+    """defaults < --config < NGPT_* env < flags; with --print-config, print the result and exit 0."""
+    flags = deep_merge(parse_source_flags(sources), prune_none(overrides or {}))
+    settings = load_settings(config, overrides=flags)
+    if print_config:
+        console.print_json(settings_json(settings))
+        raise typer.Exit(0)
+    return settings
+
+
+def prune_none(d: dict) -> dict:
+    """Drop flags the user did not give (None), recursively, so they do not override the config."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            value = prune_none(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out

@@ -1,0 +1,42 @@
+"""The `ngpt` console script: every command group, and the one place errors become readable panels.
+
+    ngpt --help
+    python -m ngpt tokenizer train --help
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from ngpt.cli import cache, pending, primer, tokenizer
+from ngpt.console import error_panel
+
+app = typer.Typer(
+    name="ngpt",
+    help="Train a small chat LLM from scratch: tokenizer → caches → pretrain → SFT → chat/serve.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(tokenizer.app, name="tokenizer", help="Train and inspect the sentencepiece tokenizer.")
+app.add_typer(cache.app, name="cache", help="Build and validate the sharded token caches.")
+app.add_typer(pending.train_app, name="train", help="Pretrain, SFT, or both (pipeline).")
+app.add_typer(pending.bench_app, name="bench", help="Benchmarks: speed, and the overnight config sweep.")
+app.add_typer(pending.chat_app, name="chat", help="Chat with a checkpoint in the terminal.")
+app.add_typer(pending.serve_app, name="serve", help="OpenAI-compatible HTTP server with a web page.")
+app.add_typer(pending.hub_app, name="hub", help="Upload/download models to/from the Hugging Face hub.")
+app.add_typer(pending.export_app, name="export", help="Export a checkpoint (e.g. to Hugging Face transformers).")
+app.add_typer(primer.app, name="primer", help="Generate the primer SFT dialogues from facts.")
+
+# Errors a user can fix: shown as one readable panel, exit code 1, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="ngpt")
+    except USER_ERRORS as e:
+        error_panel(str(e), title=type(e).__name__)
+        sys.exit(1)

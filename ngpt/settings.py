@@ -1,0 +1,314 @@
+"""Every default ngpt uses, and the rules for overriding them.
+
+Resolution order (later wins): the defaults below < a JSON file (`--config FILE`, shaped like
+`Settings`) < environment variables (`NGPT_` prefix, `__` between nesting levels, e.g.
+`NGPT_DATA__CACHE_DIR=/tmp/c` or `NGPT_DATA__MIX_PRETRAIN='{"wikitext": 1.0}'`) < command-line flags.
+Dicts deep-merge, except the two source mixes (`data.mix_pretrain`, `data.mix_sft`), which a later
+layer replaces whole: a mix is one decision, not a sum of partial ones.
+
+Unknown keys and unknown source names are errors that name the key and list the valid ones; there
+are no aliases (`wiki` is not `wikitext`).
+
+    from ngpt.settings import load_settings
+    s = load_settings("configs/demo.json", overrides={"data": {"seed": 1}})
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+PRETRAIN_SOURCES: tuple[str, ...] = ("wikitext", "fineweb_edu", "gutenberg", "roam")
+SFT_SOURCES: tuple[str, ...] = ("dolly15k", "oasst1", "primer")
+ALL_SOURCES: tuple[str, ...] = PRETRAIN_SOURCES + SFT_SOURCES
+SPECIAL_TOKENS: tuple[str, ...] = ("<|sys|>", "<|usr|>", "<|asst|>", "<|eot|>")
+REPLACED_WHOLE = {("data", "mix_pretrain"), ("data", "mix_sft")}
+MIX_TOLERANCE = 1e-6
+
+
+class SettingsError(ValueError):
+    """A setting is wrong; the message names the key (and file) and how to fix it."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSettings(_Section):
+    """Transformer shape. d_ff=None means SwiGLU's 8/3·C rounded up to a multiple of 64."""
+
+    vocab_size: int = Field(16384, gt=0, description="Vocabulary size (must equal the tokenizer's).")
+    seq_len: int = Field(512, gt=0, description="Context length T in tokens.")
+    n_embd: int = Field(384, gt=0, description="Model width C.")
+    n_layer: int = Field(8, gt=0, description="Number of transformer blocks L.")
+    n_head: int = Field(6, gt=0, description="Attention heads H (C must be divisible by H).")
+    d_ff: int | None = Field(None, description="SwiGLU hidden size; None = 8/3·C rounded to 64.")
+    rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
+    norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability (0 = off).")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "ModelSettings":
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd={self.n_embd} is not divisible by model.n_head={self.n_head}")
+        return self
+
+
+class SourcePaths(_Section):
+    """Local copies of the sources in the hub's own schema (file or directory). None = the hub."""
+
+    wikitext: str | None = Field(None, description="wikitext parquet/jsonl/.raw file or dir.")
+    fineweb_edu: str | None = Field(None, description="fineweb-edu parquet/jsonl file or dir.")
+    gutenberg: str | None = Field(None, description="Directory of Project Gutenberg .txt books.")
+    roam: str | None = Field(None, description="Markdown notes dir (overrides data.roam_dir).")
+    dolly15k: str | None = Field(None, description="databricks-dolly-15k jsonl/parquet.")
+    oasst1: str | None = Field(None, description="oasst1 message rows jsonl/parquet.")
+    primer: str | None = Field("data/primer.jsonl", description="Primer dialogues jsonl.")
+
+
+class HubDatasets(_Section):
+    """Hugging Face hub ids used when a source has no local path ("repo" or "repo:config")."""
+
+    wikitext: str = "Salesforce/wikitext:wikitext-103-raw-v1"
+    fineweb_edu: str = "HuggingFaceFW/fineweb-edu:sample-10BT"
+    gutenberg: str = "manu/project_gutenberg"
+    dolly15k: str = "databricks/databricks-dolly-15k"
+    oasst1: str = "OpenAssistant/oasst1"
+
+
+class DataSettings(_Section):
+    cache_dir: str = Field("data/cache", description="Where token caches are written.")
+    mix_pretrain: dict[str, float] = Field(
+        default_factory=lambda: {"fineweb_edu": 0.9, "wikitext": 0.1},
+        description=f"Pretrain mixture weights; keys in {PRETRAIN_SOURCES}, sum 1.",
+    )
+    mix_sft: dict[str, float] = Field(
+        default_factory=lambda: {"primer": 0.10, "oasst1": 0.70, "dolly15k": 0.20},
+        description=f"SFT mixture weights; keys in {SFT_SOURCES}, sum 1.",
+    )
+    val_pretrain_source: Literal["wikitext", "fineweb_edu", "gutenberg", "roam"] = Field(
+        "wikitext", description="Cache whose val split gives val_pretrain_loss."
+    )
+    val_sft_source: Literal["sft", "wikitext"] = Field(
+        "sft", description="'sft' = the SFT val mixture; 'wikitext' = plain-text val."
+    )
+    sources: SourcePaths = Field(default_factory=SourcePaths)
+    hub: HubDatasets = Field(default_factory=HubDatasets)
+    roam_dir: str = Field("data/.roam-data", description="Directory of markdown notes for 'roam'.")
+    fineweb_train_tokens: int = Field(200_000_000, gt=0, description="Tokens taken from the fineweb stream for train.")
+    fineweb_val_tokens: int = Field(2_000_000, gt=0, description="Tokens taken from the fineweb stream for val.")
+    oasst_lang: str = Field("en", description="oasst1 language filter ('*' = all).")
+    val_fraction: float = Field(0.05, gt=0, lt=1, description="Share carved for val where a source has one split.")
+    shard_bytes: int = Field(64 * 2**20, ge=1024, description="Shard file size in bytes.")
+    sft_max_tokens: int = Field(512, ge=2, description="SFT examples longer than this are left-truncated.")
+    seed: int = Field(1337, description="Seed for splits, sampling and caches.")
+    workers: int = Field(0, ge=0, description="Tokenizer worker processes (0 = all cores).")
+
+    @field_validator("mix_pretrain")
+    @classmethod
+    def _check_pretrain_mix(cls, mix: dict[str, float]) -> dict[str, float]:
+        return check_mix(mix, PRETRAIN_SOURCES, "data.mix_pretrain")
+
+    @field_validator("mix_sft")
+    @classmethod
+    def _check_sft_mix(cls, mix: dict[str, float]) -> dict[str, float]:
+        return check_mix(mix, SFT_SOURCES, "data.mix_sft")
+
+
+class TokenizerSettings(_Section):
+    model_path: str = Field("artifacts/tokenizer/spm.model", description="sentencepiece model file.")
+    vocab_size: int = Field(16384, ge=300, description="Vocabulary size to train.")
+    sample_bytes: int = Field(20_000_000, gt=0, description="Training text taken per source (bytes).")
+    seed: int = Field(0, description="Seed for the training sample.")
+
+
+class TrainSettings(_Section):
+    """One phase of training (pretrain or sft); both share the loop."""
+
+    lr: float = Field(6e-4, gt=0)
+    min_lr: float = Field(6e-5, ge=0)
+    warmup_steps: int = Field(200, ge=0)
+    total_steps: int = Field(5000, gt=0)
+    micro_batch: int = Field(8, gt=0, description="Sequences per forward pass (micro_B).")
+    accum_steps: int = Field(4, gt=0, description="Micro-batches per optimizer step.")
+    weight_decay: float = Field(0.1, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    eval_every: int = Field(250, gt=0)
+    eval_batches: int = Field(20, gt=0)
+    ckpt_every: int = Field(500, gt=0)
+    keep_last: int = Field(3, ge=1)
+    amp: Literal["auto", "true", "false"] = "auto"
+    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
+    activation_checkpointing: bool = False
+    compile: bool = False
+    max_tokens: int | None = Field(None, gt=0, description="Stop after this many training tokens.")
+    max_time: str | None = Field(None, description="Stop after this wall time, e.g. '8h', '30m'.")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
+    seed: int = 1337
+
+
+def _sft_defaults() -> TrainSettings:
+    return TrainSettings(lr=1e-4, min_lr=1e-5, warmup_steps=50, total_steps=1000, eval_every=100, ckpt_every=200)
+
+
+class GenerationSettings(_Section):
+    max_new_tokens: int = Field(256, gt=0)
+    temperature: float = Field(0.8, ge=0, description="0 = greedy.")
+    top_k: int = Field(50, ge=0, description="0 = off.")
+    top_p: float = Field(0.95, gt=0, le=1)
+    repetition_penalty: float = Field(1.0, gt=0)
+    seed: int | None = None
+
+
+class Settings(BaseSettings):
+    """The whole resolved configuration. Build it with `load_settings`, not directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="NGPT_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
+    )
+
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
+    pretrain: TrainSettings = Field(default_factory=TrainSettings)
+    sft: TrainSettings = Field(default_factory=_sft_defaults)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    checkpoints_dir: str = "checkpoints"
+    runs_dir: str = "runs"
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
+        # load_settings merges file/env/flags itself (so the mixes can replace instead of merge);
+        # the model only validates what it is handed.
+        return (init_settings,)
+
+
+def check_mix(mix: Mapping[str, float], allowed: tuple[str, ...], key: str) -> dict[str, float]:
+    """Validate a mixture: known source names, positive weights, summing to 1."""
+    if not mix:
+        raise ValueError(f"{key} is empty; give at least one of {', '.join(allowed)} with weight 1.0")
+    unknown = [name for name in mix if name not in allowed]
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.4)
+            hints.append(f"'{name}'" + (f" (did you mean '{close[0]}'?)" if close else ""))
+        raise ValueError(
+            f"{key} has unknown source {', '.join(hints)}. Valid sources: {', '.join(allowed)}. "
+            "Names are exact; there are no aliases."
+        )
+    bad = {name: w for name, w in mix.items() if not (isinstance(w, (int, float)) and w > 0)}
+    if bad:
+        raise ValueError(f"{key}: weights must be positive numbers, got {bad}")
+    total = sum(mix.values())
+    if abs(total - 1.0) > MIX_TOLERANCE:
+        raise ValueError(f"{key}: weights sum to {total:.6g}, they must sum to 1 (got {dict(mix)})")
+    return dict(mix)
+
+
+def deep_merge(base: dict, override: Mapping, path: tuple[str, ...] = ()) -> dict:
+    """Merge `override` into a copy of `base`; dicts merge key by key except REPLACED_WHOLE paths."""
+    out = dict(base)
+    for key, value in override.items():
+        here = path + (key,)
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and here not in REPLACED_WHOLE:
+            out[key] = deep_merge(dict(out[key]), value, here)
+        else:
+            out[key] = value
+    return out
+
+
+def _unknown_keys(model: type[BaseModel], data: Mapping, path: str = "") -> list[str]:
+    """Every key in `data` that `model` does not define, as dotted paths with the valid choices."""
+    problems = []
+    for key, value in data.items():
+        dotted = f"{path}{key}"
+        field = model.model_fields.get(key)
+        if field is None:
+            valid = ", ".join(model.model_fields)
+            close = difflib.get_close_matches(str(key), list(model.model_fields), n=1)
+            hint = f" (did you mean '{path}{close[0]}'?)" if close else ""
+            problems.append(f"'{dotted}'{hint}; valid keys{' in ' + path.rstrip('.') if path else ''}: {valid}")
+            continue
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel) and isinstance(value, Mapping):
+            problems.extend(_unknown_keys(sub, value, dotted + "."))
+    return problems
+
+
+def read_config_file(path: str | Path) -> dict:
+    """Read a JSON override file; errors name the file and the line."""
+    p = Path(path)
+    if not p.is_file():
+        raise SettingsError(f"Config file {p} does not exist. Pass an existing JSON file to --config (see configs/).")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise SettingsError(f"Config file {p} is not valid JSON: line {e.lineno}, column {e.colno}: {e.msg}") from e
+    if not isinstance(data, dict):
+        raise SettingsError(f"Config file {p} must hold a JSON object shaped like Settings, got {type(data).__name__}")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict:
+    """The NGPT_* environment variables as a nested dict (JSON values parsed by pydantic-settings)."""
+    source = EnvSettingsSource(Settings)
+    if environ is not None:
+        source.env_vars = {k.lower(): v for k, v in environ.items()}
+    return source()
+
+
+def load_settings(
+    config: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Resolve defaults < config file < NGPT_* env < overrides (CLI flags) into validated Settings."""
+    layers: list[tuple[str, Mapping]] = []
+    if config is not None:
+        layers.append((str(config), read_config_file(config)))
+    layers.append(("environment (NGPT_*)", env_overrides(os.environ if environ is None else environ)))
+    if overrides:
+        layers.append(("command-line flags", overrides))
+
+    merged: dict = {}
+    for origin, layer in layers:
+        unknown = _unknown_keys(Settings, layer)
+        if unknown:
+            raise SettingsError(f"Unknown setting(s) in {origin}: " + "; ".join(unknown))
+        merged = deep_merge(merged, layer)
+    try:
+        return Settings(**merged)
+    except ValidationError as e:
+        where = ", ".join(origin for origin, _ in layers if _) or "defaults"
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(msg if not loc or msg.startswith(loc) else f"{loc}: {msg}")
+        raise SettingsError(f"Invalid settings (from {where}): " + "; ".join(lines)) from None
+
+
+def settings_json(settings: Settings) -> str:
+    """The resolved settings as pretty JSON (what --print-config shows and runs record)."""
+    return json.dumps(settings.model_dump(mode="json"), indent=2)
+
+
+def parse_source_flags(pairs: list[str] | None) -> dict:
+    """`--source NAME=PATH` flags → {"data": {"sources": {NAME: PATH}}} (names checked by load_settings)."""
+    paths: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise SettingsError(f"--source expects NAME=PATH (e.g. wikitext=../shared/data/wikitext-2-raw-v1), got {pair!r}")
+        if name not in ALL_SOURCES:
+            raise SettingsError(f"--source {pair}: unknown source '{name}'. Valid sources: {', '.join(ALL_SOURCES)}")
+        paths[name] = path
+    return {"data": {"sources": paths}} if paths else {}
