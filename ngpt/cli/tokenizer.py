@@ -1,5 +1,90 @@
-"""`ngpt tokenizer` commands (being written)."""
+"""`ngpt tokenizer train|report`: train the sentencepiece model on a sample of the configured sources.
+
+    ngpt tokenizer train --config configs/offline.json --sample-bytes 5000000
+    ngpt tokenizer report --config configs/offline.json
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
+from ngpt.cli.common import ConfigOpt, PrintConfigOpt, SourceOpt, resolve_settings
+from ngpt.console import console, human_bytes, kv_table, table
+from ngpt.settings import PRETRAIN_SOURCES, SFT_SOURCES, Settings
+from ngpt.tokenizer import SourceSample, Tokenizer, report_rows, take_sample, train_tokenizer
+
 app = typer.Typer(no_args_is_help=True)
+
+
+def configured_sources(settings: Settings) -> list[str]:
+    """Sources the mixes use, in canonical order (pretrain first): what the tokenizer must cover."""
+    used = set(settings.data.mix_pretrain) | set(settings.data.mix_sft)
+    return [name for name in PRETRAIN_SOURCES + SFT_SOURCES if name in used]
+
+
+def collect_samples(settings: Settings, max_bytes: int, split: str = "train") -> list[SourceSample]:
+    from ngpt.sources import iter_texts  # imports `datasets` (slow): only when a command needs it
+    from ngpt.sources.preflight import open_checked
+
+    samples = []
+    for source in open_checked(configured_sources(settings), settings):
+        with console.status(f"sampling {source.name} ({source.origin})"):
+            samples.append(take_sample(source.name, iter_texts(source, split), max_bytes, source.origin))
+    return samples
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    source: SourceOpt = None,
+    vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary size (default tokenizer.vocab_size).")] = None,
+    sample_bytes: Annotated[Optional[int], typer.Option(help="Training text taken per source, in bytes.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for the sample order and sentencepiece.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: tokenizer.model_path's folder).")] = None,
+    print_config: PrintConfigOpt = False,
+) -> None:
+    """Train the unigram tokenizer; writes spm.model + tokenizer_meta.json."""
+    overrides = {"tokenizer": {"vocab_size": vocab_size, "sample_bytes": sample_bytes, "seed": seed}}
+    if out is not None:
+        overrides["tokenizer"]["model_path"] = str(out / "spm.model")
+    s = resolve_settings(config, source, overrides, print_config)
+    out_dir = Path(s.tokenizer.model_path).parent
+    names = configured_sources(s)
+    console.print(kv_table("tokenizer train", {
+        "sources": ", ".join(names), "sample per source": human_bytes(s.tokenizer.sample_bytes),
+        "vocab size": s.tokenizer.vocab_size, "seed": s.tokenizer.seed, "out": out_dir,
+    }))
+    samples = collect_samples(s, s.tokenizer.sample_bytes)
+    console.print(table("training sample", ("source", "from", "documents", "bytes"),
+                        [(x.source, x.origin, len(x.texts), human_bytes(x.num_bytes)) for x in samples]))
+    with console.status("training sentencepiece (unigram)"):
+        meta = train_tokenizer(samples, out_dir, s.tokenizer.vocab_size, s.tokenizer.seed)
+    console.print(kv_table("tokenizer written", {
+        "model": out_dir / "spm.model", "sha256": meta["sha256"], "vocab size": meta["vocab_size"],
+        **{f"id {tok}": i for tok, i in meta["special_ids"].items()},
+    }))
+
+
+@app.command()
+def report(
+    config: ConfigOpt = None,
+    source: SourceOpt = None,
+    model: Annotated[Optional[Path], typer.Option(help="spm.model to report on (default tokenizer.model_path).")] = None,
+    sample_bytes: Annotated[int, typer.Option(help="Text measured per source, in bytes.")] = 2_000_000,
+    split: Annotated[str, typer.Option(help="Which split to measure: val (held out) or train.")] = "val",
+    print_config: PrintConfigOpt = False,
+) -> None:
+    """Per source: bytes, tokens, bytes/token and byte-fallback share, plus the tokenizer's sha256."""
+    overrides = {"tokenizer": {"model_path": str(model) if model else None}}
+    s = resolve_settings(config, source, overrides, print_config)
+    tok = Tokenizer.load(s.tokenizer.model_path)
+    console.print(kv_table("tokenizer", {"model": tok.path, "sha256": tok.sha256, "vocab size": tok.vocab_size,
+                                         "split measured": split, "sample per source": human_bytes(sample_bytes)}))
+    rows = report_rows(tok, collect_samples(s, sample_bytes, split))
+    console.print(table("tokenizer report", ("source", "bytes", "tokens", "bytes/token", "byte fallback"), [
+        (r["source"], r["bytes"], r["tokens"], f'{r["bytes_per_token"]:.2f}', f'{100 * r["byte_fallback_share"]:.2f}%')
+        for r in rows
+    ]))
