@@ -1,0 +1,244 @@
+"""The transformer: a small Llama-style decoder, readable top to bottom.
+
+token embedding → L pre-norm blocks (RMSNorm → causal self-attention with RoPE; RMSNorm → SwiGLU MLP)
+→ final RMSNorm → LM head tied to the embedding. No biases. Every choice that matters numerically
+(RoPE half-split layout, RMSNorm in fp32, SwiGLU) is Hugging Face Llama's, so the export to
+`LlamaForCausalLM` is a rename of tensors, no permutation:
+
+    ngpt                          LlamaForCausalLM
+    tok_emb.weight                model.embed_tokens.weight
+    blocks.{i}.attn_norm.weight   model.layers.{i}.input_layernorm.weight
+    blocks.{i}.attn.{q,k,v,o}     model.layers.{i}.self_attn.{q,k,v,o}_proj.weight
+    blocks.{i}.mlp_norm.weight    model.layers.{i}.post_attention_layernorm.weight
+    blocks.{i}.mlp.{gate,up,down} model.layers.{i}.mlp.{gate,up,down}_proj.weight
+    norm.weight                   model.norm.weight
+    lm_head.weight                lm_head.weight  (the same tensor as tok_emb.weight: tie_word_embeddings)
+
+Usage:
+
+    from ngpt.settings import ModelSettings
+    from ngpt.model import GPT
+    model = GPT(ModelSettings(vocab_size=16384, seq_len=512))
+    logits, loss = model(idx, targets)           # idx, targets: (B, T) int64; targets -100 = no loss
+
+The KV-cache seam for generation: pass `kv_cache` (anything with `update(layer_idx, k, v)`, see
+`KVCache`) and `start_pos` (how many tokens the cache already holds).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ngpt.chat_format import IGNORE_INDEX
+from ngpt.settings import ModelSettings
+
+INIT_STD = 0.02
+
+
+def resolved_d_ff(cfg: ModelSettings) -> int:
+    """SwiGLU hidden size: cfg.d_ff, or 8/3·C rounded up to a multiple of 64 (keeps ~4C² MLP params)."""
+    if cfg.d_ff is not None:
+        return cfg.d_ff
+    return -(-8 * cfg.n_embd // (3 * 64)) * 64
+
+
+class KVCache(Protocol):
+    """What attention needs from a KV cache: store this layer's new post-RoPE k/v, return all so far.
+
+    k, v: (B, n_head, T_new, head_dim) → (B, n_head, T_past + T_new, head_dim).
+    """
+
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# RoPE, in Llama's half-split layout: dimension i of a head is rotated together with i + D/2.
+
+
+def rope_tables(head_dim: int, seq_len: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos, sin of shape (seq_len, head_dim), computed exactly as HF Llama does (fp32), for export parity."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x (B, H, T, D) by the angles of its positions; cos/sin are (T, D) rows for those positions."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under bf16 autocast, stay in bf16
+    return x * cos + rotate_half(x) * sin
+
+
+# ---------------------------------------------------------------------------------------------
+# The building blocks.
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Statistics in fp32 even under bf16 (a mean of squares loses too much in 8 mantissa bits);
+        # cast back before the weight, as Llama does.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelSettings, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx  # which slot of a KV cache is ours
+        self.n_head = cfg.n_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        C = cfg.n_embd
+        self.q = nn.Linear(C, C, bias=False)
+        self.k = nn.Linear(C, C, bias=False)
+        self.v = nn.Linear(C, C, bias=False)
+        self.o = nn.Linear(C, C, bias=False)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+        B, T, C = x.shape
+        # (B, T, C) → (B, n_head, T, head_dim): heads become a batch dimension for attention
+        q, k, v = (p(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)
+        S = k.size(2)  # keys visible: the cached past plus these T
+        if S == T:  # no past: plain causal attention (the fused kernels' fast path)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        elif T == 1:  # one new token decoding: it may see every cached key
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:  # T new tokens after a cached past: query i sees keys 0 .. S-T+i (is_causal would align top-left)
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.o(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    """SwiGLU, as Llama: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelSettings) -> None:
+        super().__init__()
+        d_ff = resolved_d_ff(cfg)
+        self.gate = nn.Linear(cfg.n_embd, d_ff, bias=False)
+        self.up = nn.Linear(cfg.n_embd, d_ff, bias=False)
+        self.down = nn.Linear(d_ff, cfg.n_embd, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelSettings, layer_idx: int) -> None:
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.attn = CausalSelfAttention(cfg, layer_idx)
+        self.mlp_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        # The one place dropout lives: on each branch's output before it joins the residual stream.
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, kv_cache))
+        x = x + self.drop(self.mlp(self.mlp_norm(x)))
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# The model.
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelSettings) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.activation_checkpointing = False  # set by training: recompute each block in backward
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # tied: one V×C matrix reads tokens in and out
+        # Not in the state dict: derived from the config, and absent from Llama checkpoints.
+        cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init_weights)
+        # Each residual branch adds to the stream 2·L times in all; scale their output projections so
+        # the stream's variance at init does not grow with depth (GPT-2).
+        for block in self.blocks:
+            nn.init.normal_(block.attn.o.weight, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
+            nn.init.normal_(block.mlp.down.weight, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=INIT_STD)
+
+    def forward(
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        *,
+        start_pos: int = 0,
+        kv_cache: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """idx (B, T) → logits (B, T, V), and the mean cross entropy when targets (B, T) are given.
+
+        targets[b, t] is the label for position t (already shifted); IGNORE_INDEX (-100) means no loss.
+        start_pos is the position of idx[:, 0] (the number of tokens already in kv_cache).
+        """
+        B, T = idx.shape
+        if start_pos + T > self.cfg.seq_len:
+            raise ValueError(
+                f"positions {start_pos}..{start_pos + T - 1} do not fit model.seq_len={self.cfg.seq_len}; "
+                "pass at most seq_len tokens (truncate the prompt or start a new context)"
+            )
+        cos = self.rope_cos[start_pos : start_pos + T]
+        sin = self.rope_sin[start_pos : start_pos + T]
+        x = self.tok_emb(idx)
+        # A cache must see each update once, so recomputation (checkpointing) is for training only.
+        recompute = self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled()
+        for block in self.blocks:
+            if recompute:
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, kv_cache)
+        logits = self.lm_head(self.norm(x))
+        loss = None
+        if targets is not None:
+            # fp32 for the softmax over V: bf16 log-probs are too coarse for a loss that moves by 1e-3.
+            loss = F.cross_entropy(
+                logits.float().view(B * T, -1), targets.reshape(B * T), ignore_index=IGNORE_INDEX
+            )
+        return logits, loss
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters counted once (the tied head is the embedding); non_embedding drops the V×C table."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> int:
+        """Training FLOPs per token (forward + backward), the PaLM/nanoGPT estimate used for MFU.
+
+        6N for the weight matmuls (N includes the tied matrix once: the embedding lookup is free but
+        the head matmul is not), plus 12·L·C·T for attention scores and weighted sums at context T
+        (counted as if unmasked, by the same convention).
+        """
+        T = self.cfg.seq_len if seq_len is None else seq_len
+        return 6 * self.num_params() + 12 * self.cfg.n_layer * self.cfg.n_embd * T
