@@ -1,0 +1,119 @@
+"""Project Gutenberg (pretrain): public-domain books, cut into documents of bounded size.
+
+Hub: `manu/project_gutenberg`, split `en` (columns `id`, `text`; one row per book). Local
+(`--source gutenberg=PATH`): a directory (or one file) of `.txt` books as gutenberg.org serves
+them, or parquet / jsonl / json rows in the hub's schema.
+
+Each book loses its UTF-8 BOM, gets LF line ends, and is cut to the text between the
+`*** START OF THE/THIS PROJECT GUTENBERG EBOOK ... ***` and `*** END OF ...` markers when they are
+there (the license boilerplate would otherwise be repeated in every book). The body is then cut at
+blank lines into chunks of at most MAX_CHUNK_CHARS characters; val is carved by
+`split_of("<book>:<chunk>")`, so one book contributes to both splits.
+
+    src = make_source("gutenberg", load_settings(overrides={"data": {"sources": {"gutenberg": "books/"}}}))
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from ngpt.sources.base import Document, Split, local_files
+from ngpt.sources.tables import TABLE_EXTS, HubOrLocal, check_columns, hub_rows, is_table, read_text, table_rows
+
+MAX_CHUNK_CHARS = 20_000
+HUB_SPLIT = "en"
+# The marker may wrap onto a second line for long titles, hence [^*]* instead of ".*".
+START = re.compile(r"^\*{3} *START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK[^*]*\*{3}[^\n]*", re.I | re.M)
+END = re.compile(r"^\*{3} *END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK", re.I | re.M)
+BLANK_LINES = re.compile(r"\n(?:[ \t]*\n)+")
+
+
+def strip_gutenberg(text: str) -> str:
+    """The book body: BOM dropped, CRLF → LF, header and footer (when marked) cut off."""
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n")
+    if start := START.search(text):
+        text = text[start.end() :]
+    if end := END.search(text):
+        text = text[: end.start()]
+    return text.strip("\n")
+
+
+def _pieces(paragraph: str, max_chars: int) -> Iterator[str]:
+    """A paragraph longer than max_chars, cut at line ends (or hard, for a single huge line)."""
+    if len(paragraph) <= max_chars:
+        yield paragraph
+        return
+    piece = ""
+    for line in paragraph.split("\n"):
+        while len(line) > max_chars:
+            if piece:
+                yield piece
+                piece = ""
+            yield line[:max_chars]
+            line = line[max_chars:]
+        if piece and len(piece) + 1 + len(line) > max_chars:
+            yield piece
+            piece = ""
+        piece = f"{piece}\n{line}" if piece else line
+    if piece:
+        yield piece
+
+
+def chunk_text(body: str, max_chars: int = MAX_CHUNK_CHARS) -> list[str]:
+    """Paragraphs (split at blank lines) packed greedily into chunks of at most max_chars."""
+    chunks: list[str] = []
+    current = ""
+    for paragraph in BLANK_LINES.split(body):
+        if not paragraph.strip():
+            continue
+        for piece in _pieces(paragraph, max_chars):
+            if current and len(current) + 2 + len(piece) > max_chars:
+                chunks.append(current)
+                current = ""
+            current = f"{current}\n\n{piece}" if current else piece
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+class Gutenberg(HubOrLocal):
+    name = "gutenberg"
+    kind = "pretrain"
+
+    def _files(self) -> list[Path]:
+        return local_files(self.name, self.path, (".txt",) + TABLE_EXTS)
+
+    def check(self) -> None:
+        if self.path is None:
+            self.check_hub()
+            return
+        for f in self._files():
+            if is_table(f):
+                check_columns(self.name, f, ("text",))
+
+    def _books(self) -> Iterator[tuple[str, str, str]]:
+        """(book key, where for refs, raw text) per book, in a deterministic order."""
+        if self.path is None:
+            for i, row in enumerate(hub_rows(self.hub, HUB_SPLIT)):
+                book = str(row.get("id") or i)
+                yield book, f"{self.hub} {HUB_SPLIT} book {book}", row["text"] or ""
+            return
+        root = Path(self.path)
+        for f in self._files():
+            rel = f.name if f == root else f.relative_to(root).as_posix()
+            if not is_table(f):
+                yield rel, str(f), read_text(self.name, f)
+                continue
+            for i, row in table_rows(self.name, f):
+                book = str(row.get("id") or f"{rel}:{i}")
+                yield book, f"{f} row {i}", row["text"] or ""
+
+    def iter_split(self, split: Split) -> Iterator[Document]:
+        def keyed() -> Iterator[tuple[str, Document]]:
+            for book, where, text in self._books():
+                for k, chunk in enumerate(chunk_text(strip_gutenberg(text))):
+                    yield f"{book}:{k}", Document(f"{where} chunk {k}", chunk)
+
+        yield from self.carve(keyed(), split)
