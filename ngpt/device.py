@@ -76,3 +76,34 @@ def resolve_precision(device: torch.device, amp: str = "auto", amp_dtype: str = 
     if amp == "true" or cpu_has_native_bf16():
         return Precision(True, torch.bfloat16, False)
     return Precision(False, None, False)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@lru_cache(maxsize=8)
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of the best of a few n×n matmuls in `dtype` on `device`: the denominator of MFU.
+
+    Measured here rather than looked up, so MFU means "share of what this machine actually does",
+    on CPUs and GPUs alike. On CUDA a larger n is used to reach the tensor cores' plateau.
+    """
+    import time
+
+    if device.type == "cuda":
+        n = max(n, 4096)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    (a @ b).sum()  # warm-up: kernels chosen, memory touched
+    synchronize(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best

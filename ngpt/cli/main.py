@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from ngpt.cli import cache, pending, primer, tokenizer
+from ngpt.cli import cache, pending, primer, tokenizer, train
 from ngpt.console import error_panel
 
 app = typer.Typer(
@@ -22,7 +22,7 @@ app = typer.Typer(
 )
 app.add_typer(tokenizer.app, name="tokenizer", help="Train and inspect the sentencepiece tokenizer.")
 app.add_typer(cache.app, name="cache", help="Build and validate the sharded token caches.")
-app.add_typer(pending.train_app, name="train", help="Pretrain, SFT, or both (pipeline).")
+app.add_typer(train.app, name="train", help="Pretrain, SFT, or both (pipeline).")
 app.add_typer(pending.bench_app, name="bench", help="Benchmarks: speed, and the overnight config sweep.")
 app.add_typer(pending.chat_app, name="chat", help="Chat with a checkpoint in the terminal.")
 app.add_typer(pending.serve_app, name="serve", help="OpenAI-compatible HTTP server with a web page.")

@@ -19,7 +19,6 @@ def _pending(group: str, commands: list[str], issue: str) -> typer.Typer:
     return app
 
 
-train_app = _pending("train", ["pretrain", "sft", "pipeline"], "model and training")
 bench_app = _pending("bench", ["speed", "sweep"], "model and training / bench sweep")
 chat_app = _pending("chat", ["run"], "inference")
 serve_app = _pending("serve", ["run"], "inference")

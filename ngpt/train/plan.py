@@ -1,0 +1,72 @@
+"""What a training run will do, shown before step 0: a runtime table and a mix table.
+
+Runtime: device, precision, compile, activation checkpointing, micro_B, accum_steps, world size,
+effective batch in tokens, parameters, tokenizer sha, resume/init source. Mix: per source, weight,
+train/val tokens and shards (read from the caches' meta.json). The same tables go into report.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ngpt.console import console, table
+from ngpt.device import Precision
+from ngpt.settings import Settings
+from ngpt.tokcache.layout import read_meta, source_dir
+from ngpt.tokenizer import Tokenizer
+from ngpt.train.distributed import DistInfo
+
+
+@dataclass
+class TrainingPlan:
+    phase: str
+    runtime: dict
+    mix: list[tuple]
+
+    @classmethod
+    def build(cls, settings: Settings, phase: str, device: torch.device, precision: Precision, info: DistInfo,
+              model, tok: Tokenizer, tokens_per_step: int, start_step: int, resume: Path | None,
+              init_from: Path | None, run_dir: Path) -> "TrainingPlan":
+        cfg = getattr(settings, phase)
+        m = settings.model
+        runtime = {
+            "phase": phase,
+            "device": f"{device} × {info.world_size}" if info.enabled else str(device),
+            "precision": precision.label,
+            "compile": cfg.compile,
+            "activation checkpointing": cfg.activation_checkpointing,
+            "model": f"V={m.vocab_size} T={m.seq_len} C={m.n_embd} L={m.n_layer} H={m.n_head}",
+            "params": f"{model.num_params() / 1e6:.2f}M",
+            "micro_B": cfg.micro_batch,
+            "accum_steps": cfg.accum_steps,
+            "effective batch (tokens)": f"{tokens_per_step:,}",
+            "steps": f"{start_step} → {cfg.total_steps}",
+            "lr": f"{cfg.lr:g} (warmup {cfg.warmup_steps}, cosine to {cfg.min_lr:g})",
+            "tokenizer sha256": tok.sha256[:16],
+            "start": f"resume {resume}" if resume else (f"init from {init_from}" if init_from else "from scratch"),
+            "run dir": str(run_dir),
+        }
+        if cfg.max_tokens:
+            runtime["stop at tokens"] = f"{cfg.max_tokens:,}"
+        if cfg.max_time:
+            runtime["stop after"] = cfg.max_time
+        cache_phase, mix = ("pretrain", settings.data.mix_pretrain) if phase == "pretrain" else ("sft", settings.data.mix_sft)
+        rows = []
+        for name, weight in mix.items():
+            meta = read_meta(source_dir(settings.data.cache_dir, cache_phase, name))
+            sp = meta["splits"]
+            rows.append((name, f"{weight:g}", f"{sp['train']['num_tokens']:,}", f"{sp['val']['num_tokens']:,}",
+                         len(sp["train"]["shards"]) + len(sp["val"]["shards"])))
+        return cls(phase, runtime, rows)
+
+    def tables(self) -> dict[str, dict]:
+        return {"runtime": self.runtime,
+                "mix": {r[0]: f"weight {r[1]}, train {r[2]} tokens, val {r[3]} tokens, {r[4]} shards" for r in self.mix}}
+
+
+def print_plan(plan: TrainingPlan) -> None:
+    console.print(table(f"{plan.phase}: runtime", ("setting", "value"), plan.runtime.items()))
+    console.print(table(f"{plan.phase}: data mix", ("source", "weight", "train tokens", "val tokens", "shards"), plan.mix))

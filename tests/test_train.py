@@ -1,0 +1,292 @@
+"""Training: schedule, checkpoints, grad accumulation, the three commands, exact resume, DDP, failures."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fixtures import write_all_sources
+from ngpt.model import GPT
+from ngpt.settings import ModelSettings, load_settings
+from ngpt.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ngpt.train.loop import TrainingDiverged, run_phase
+from ngpt.train.optim import make_optimizer
+from ngpt.train.report import METRIC_KEYS, read_metrics
+from ngpt.train.schedule import lr_at_step
+
+TINY_MODEL = {"vocab_size": 384, "seq_len": 32, "n_embd": 32, "n_layer": 2, "n_head": 2}
+PHASE = {"micro_batch": 2, "accum_steps": 2, "eval_every": 3, "ckpt_every": 3, "eval_batches": 2,
+         "warmup_steps": 2, "amp": "false", "device": "cpu", "total_steps": 6}
+
+
+def ngpt_cli(*args) -> int:
+    from ngpt.cli.main import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, tiny_tokenizer_path) -> Path:
+    """Fixture sources + the tiny tokenizer + every cache built by `ngpt cache build-all`; returns the config."""
+    ws = tmp_path_factory.mktemp("ws")
+    sources = {k: str(v) for k, v in write_all_sources(ws / "src").items()}
+    config = {
+        "model": TINY_MODEL,
+        "tokenizer": {"model_path": str(tiny_tokenizer_path)},
+        "data": {"cache_dir": str(ws / "cache"), "mix_pretrain": {"wikitext": 0.5, "gutenberg": 0.5},
+                 "mix_sft": {"primer": 0.5, "dolly15k": 0.3, "oasst1": 0.2}, "sources": sources,
+                 "sft_max_tokens": 33, "val_fraction": 0.3, "workers": 1},
+        "pretrain": PHASE,
+        "sft": PHASE,
+        "checkpoints_dir": str(ws / "ckpt"),
+        "runs_dir": str(ws / "runs"),
+    }
+    path = ws / "config.json"
+    path.write_text(json.dumps(config))
+    assert ngpt_cli("cache", "build-all", "-c", path) == 0
+    return path
+
+
+def settings_for(config: Path, tmp_path: Path, **phase_overrides):
+    over = {"checkpoints_dir": str(tmp_path / "ckpt"), "runs_dir": str(tmp_path / "runs")}
+    for phase in ("pretrain", "sft"):
+        over[phase] = phase_overrides
+    return load_settings(config, overrides=over, environ={})
+
+
+# ---------------------------------------------------------------- units
+
+
+def test_lr_schedule_contract():
+    kw = dict(base_lr=1e-3, warmup_steps=10, min_lr=1e-4)
+    lrs = [lr_at_step(s, 100, **kw) for s in range(101)]
+    assert lrs[0] == 0.0
+    assert lrs[10] == pytest.approx(1e-3)
+    assert lrs[100] == pytest.approx(1e-4) and lrs[99] == pytest.approx(1e-4, rel=1e-2)
+    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # warmup rises
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine falls
+    assert lr_at_step(500, 100, **kw) == pytest.approx(1e-4)  # clamped after the end
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(ModelSettings(**TINY_MODEL))
+    opt = make_optimizer(model, lr=1e-3, weight_decay=0.1, device=torch.device("cpu"))
+    x = torch.randint(0, 384, (2, 32))
+    model(x, x)[1].backward()
+    opt.step()
+    save_checkpoint(tmp_path / "c.pt", {"version": 1, "model": model.state_dict(), "optimizer": opt.state_dict(), "step": 7})
+    state = load_checkpoint(tmp_path / "c.pt")
+    assert state["step"] == 7
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state["model"][k]), k
+    model2 = GPT(ModelSettings(**TINY_MODEL))
+    model2.load_state_dict(state["model"])
+    opt2 = make_optimizer(model2, lr=1e-3, weight_decay=0.1, device=torch.device("cpu"))
+    opt2.load_state_dict(state["optimizer"])
+    for (a, b) in zip(opt.state.values(), opt2.state.values()):
+        assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, {"version": 1, "model": {}})
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(bad)
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_accumulation_matches_the_doubled_batch():
+    torch.manual_seed(0)
+    model = GPT(ModelSettings(**TINY_MODEL))
+    x = torch.randint(0, 384, (4, 32))
+    y = torch.randint(0, 384, (4, 32))
+    model(x, y)[1].backward()
+    full = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    for half in (slice(0, 2), slice(2, 4)):
+        (model(x[half], y[half])[1] / 2).backward()
+    for a, p in zip(full, model.parameters()):
+        torch.testing.assert_close(p.grad, a, rtol=1e-5, atol=1e-6)
+
+
+def test_sft_loss_ignores_masked_labels_and_default_val_source_is_sft():
+    assert load_settings(environ={}).data.val_sft_source == "sft"
+    torch.manual_seed(0)
+    model = GPT(ModelSettings(**TINY_MODEL))
+    x = torch.randint(0, 384, (1, 32))
+    y = x.clone()
+    y[:, :20] = -100
+    logits, loss = model(x, y)
+    manual = torch.nn.functional.cross_entropy(logits[0, 20:], y[0, 20:])
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def test_pretrain_sft_pipeline_write_checkpoints_in_place(workspace, tmp_path):
+    ckpt, runs = tmp_path / "ckpt", tmp_path / "runs"
+    over = ["--source", f"roam={tmp_path}"]  # harmless extra flag: roam is not in the mix
+    env_cfg = tmp_path / "c.json"
+    cfg = json.loads(workspace.read_text())
+    cfg["checkpoints_dir"], cfg["runs_dir"] = str(ckpt), str(runs)
+    env_cfg.write_text(json.dumps(cfg))
+    assert ngpt_cli("train", "pipeline", "-c", env_cfg, *over) == 0
+    for phase in ("pretrain", "sft"):
+        names = sorted(p.name for p in (ckpt / phase).iterdir())
+        assert names == ["best.pt", "latest.pt", "step_0000003.pt", "step_0000006.pt"], names
+        assert load_checkpoint(ckpt / phase / "latest.pt")["step"] == 6
+    assert (ckpt / "latest.pt").is_file() and (ckpt / "best.pt").is_file()
+    assert load_checkpoint(ckpt / "best.pt")["phase"] == "sft"  # root copy follows the last phase
+    run_dirs = sorted(runs.iterdir())
+    assert len(run_dirs) == 2
+    for d in run_dirs:
+        assert {"metrics.jsonl", "resolved_settings.json", "report.md", "loss.png"} <= {p.name for p in d.iterdir()}
+        records = read_metrics(d / "metrics.jsonl")
+        keys = set().union(*records)
+        assert {"train_loss", "lr", "tokens_per_s", "mfu", "val_pretrain_loss", "val_sft_loss", "val_bpb"} <= keys
+        assert keys <= set(METRIC_KEYS) | {"phase", "step", "tokens"}
+
+    # sft alone starts from pretrain's best.pt; pretrain alone resumes (already finished → no new steps)
+    assert ngpt_cli("train", "sft", "-c", env_cfg, "--no-resume", "--total-steps", "3") == 0
+    assert load_checkpoint(ckpt / "sft" / "latest.pt")["step"] == 3
+    assert ngpt_cli("train", "pretrain", "-c", env_cfg) == 0
+
+
+def test_missing_cache_for_a_mixed_source_fails_before_step_0(workspace, tmp_path):
+    s = load_settings(workspace, overrides={"data": {"mix_pretrain": {"wikitext": 0.5, "fineweb_edu": 0.5}},
+                                            "checkpoints_dir": str(tmp_path / "ck")}, environ={})
+    with pytest.raises(FileNotFoundError) as e:
+        run_phase(s, "pretrain", show=False)
+    assert "pretrain/fineweb_edu/meta.json" in str(e.value) and "pretrain/fineweb_edu/train/" in str(e.value)
+    assert not (tmp_path / "ck").exists()
+
+
+def test_tokenizer_cache_mismatch_fails_before_step_0(workspace, tmp_path):
+    from conftest import synthetic_text
+    from ngpt.tokenizer import SourceSample, train_tokenizer
+
+    train_tokenizer([SourceSample("x", [synthetic_text(500, seed=9)], "t")], tmp_path / "tok", 400, seed=1, threads=1)
+    s = load_settings(workspace, overrides={"tokenizer": {"model_path": str(tmp_path / "tok" / "spm.model")}}, environ={})
+    with pytest.raises(ValueError, match="another tokenizer|built with tokenizer"):
+        run_phase(s, "pretrain", show=False)
+
+
+def test_resume_with_another_shape_lists_each_field(workspace, tmp_path):
+    s = settings_for(workspace, tmp_path, total_steps=3, **{k: v for k, v in PHASE.items() if k != "total_steps"})
+    run_phase(s, "pretrain", show=False)
+    bigger = load_settings(workspace, overrides={"checkpoints_dir": str(tmp_path / "ckpt"),
+                                                  "model": {"n_embd": 64, "n_layer": 3}}, environ={})
+    with pytest.raises(CheckpointError) as e:
+        run_phase(bigger, "pretrain", show=False)
+    assert "model.n_embd: checkpoint 32 != settings 64" in str(e.value)
+    assert "model.n_layer: checkpoint 2 != settings 3" in str(e.value)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(workspace, tmp_path, monkeypatch):
+    s = settings_for(workspace, tmp_path, total_steps=10, **{k: v for k, v in PHASE.items() if k != "total_steps"})
+    real_forward = GPT.forward
+    calls = {"n": 0}
+
+    def forward(self, idx, targets=None, **kw):
+        logits, loss = real_forward(self, idx, targets, **kw)
+        if targets is not None and self.training:
+            calls["n"] += 1
+            if calls["n"] > 8:  # 2 micro-batches per step: steps 0-3 are fine, step 4 diverges
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", forward)
+    with pytest.raises(TrainingDiverged, match="at step 4"):
+        run_phase(s, "pretrain", show=False)
+    assert load_checkpoint(tmp_path / "ckpt" / "pretrain" / "latest.pt")["step"] == 3
+
+
+def _train_losses(run_dir_root: Path) -> dict[int, float]:
+    (run_dir,) = list(run_dir_root.iterdir())
+    return {r["step"]: r["train_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "train_loss" in r}
+
+
+def test_kill_9_then_resume_continues_exactly(workspace, tmp_path):
+    """A run killed with SIGKILL and resumed logs the very same losses as an uninterrupted one (CPU fp32)."""
+    steps = 120
+    phase = {**PHASE, "total_steps": steps, "ckpt_every": 5, "eval_every": 1000, "accum_steps": 1, "micro_batch": 1}
+
+    def config(name: str) -> Path:
+        cfg = json.loads(workspace.read_text())
+        cfg["pretrain"] = phase
+        cfg["checkpoints_dir"], cfg["runs_dir"] = str(tmp_path / name / "ckpt"), str(tmp_path / name / "runs")
+        cfg["model"] = {**TINY_MODEL, "n_layer": 1}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(cfg))
+        return path
+
+    reference = config("reference")
+    assert ngpt_cli("train", "pretrain", "-c", reference) == 0
+    expected = _train_losses(tmp_path / "reference" / "runs")
+    assert len(expected) == steps
+
+    killed = config("killed")
+    cmd = [sys.executable, "-m", "ngpt", "train", "pretrain", "-c", str(killed)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    latest = tmp_path / "killed" / "ckpt" / "pretrain" / "latest.pt"
+    deadline = time.monotonic() + 120
+    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    resumed_from = load_checkpoint(latest)["step"]
+    assert 0 < resumed_from < steps
+
+    assert ngpt_cli("train", "pretrain", "-c", killed) == 0
+    got = _train_losses(tmp_path / "killed" / "runs")
+    assert {s: got[s] for s in range(resumed_from + 1, steps + 1)} == {s: expected[s] for s in range(resumed_from + 1, steps + 1)}
+
+
+def test_ddp_two_processes_on_cpu_match_single_process(workspace, tmp_path):
+    phase = {**PHASE, "total_steps": 30, "eval_every": 30, "ckpt_every": 30, "accum_steps": 2, "lr": 3e-3}
+
+    def config(name: str) -> Path:
+        cfg = json.loads(workspace.read_text())
+        cfg["pretrain"] = phase
+        cfg["checkpoints_dir"], cfg["runs_dir"] = str(tmp_path / name / "ckpt"), str(tmp_path / name / "runs")
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(cfg))
+        return path
+
+    single = config("single")
+    assert ngpt_cli("train", "pretrain", "-c", single) == 0
+    ddp = config("ddp")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "ngpt", "train", "pretrain", "-c", str(ddp)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    a = _train_losses(tmp_path / "single" / "runs")
+    b = _train_losses(tmp_path / "ddp" / "runs")
+    assert set(a) == set(b) == set(range(1, 31))
+    assert b[1] == pytest.approx(a[1], rel=0.02)  # same init; each rank sees its own data
+    assert abs(sum(b[k] for k in range(26, 31)) - sum(a[k] for k in range(26, 31))) / 5 < 0.15 * a[30]
+    (run_dir,) = list((tmp_path / "ddp" / "runs").iterdir())
+    first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["tokens"] == 2 * 2 * 2 * 32  # micro_B × accum × world × T: the global batch
+    assert math.isfinite(b[30])
