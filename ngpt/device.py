@@ -1,4 +1,4 @@
-"""Device and precision resolution: "auto" becomes a concrete device and autocast dtype.
+"""Device, precision and the measured matmul peak: "auto" becomes a concrete device and autocast dtype.
 
 Device: cuda > mps > cpu. Precision (`amp` = auto|true|false, `amp_dtype` = auto|bf16|fp16):
 - CUDA: bf16 where the GPU supports it, else fp16 with a GradScaler.
@@ -8,10 +8,12 @@ Device: cuda > mps > cpu. Precision (`amp` = auto|true|false, `amp_dtype` = auto
 
     from ngpt.device import resolve_device, resolve_precision
     dev = resolve_device("auto"); prec = resolve_precision(dev, "auto", "auto")
+    measure_matmul_peak(dev, torch.bfloat16).flops_per_s     # the denominator of MFU
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -78,32 +80,61 @@ def resolve_precision(device: torch.device, amp: str = "auto", amp_dtype: str = 
     return Precision(False, None, False)
 
 
+
+# ---------------------------------------------------------------------------------------------
+# The matmul peak of this device in one dtype, measured on the spot: the denominator of MFU.
+# A spec-sheet peak is wrong for most machines ngpt runs on (laptop CPUs, shared or clocked-down
+# GPUs, TF32 on or off), so MFU is measured against what large square matmuls in the same dtype
+# actually reach on the same device, best of a few timings.
+
+# Big enough to keep every core's matrix units busy, small enough to take well under a second
+# on a laptop CPU; a GPU needs a larger matrix and several matmuls per timing to hide launches.
+DEFAULT_SIZE = {"cuda": 8192, "mps": 4096, "cpu": 2048}
+MATMULS_PER_TIMING = {"cuda": 10, "mps": 4, "cpu": 1}
+
+
 def synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so a wall-clock timer measures the work and not its launch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
 
 
-@lru_cache(maxsize=8)
-def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 3) -> float:
-    """FLOP/s of the best of a few n×n matmuls in `dtype` on `device`: the denominator of MFU.
+@dataclass(frozen=True)
+class MatmulPeak:
+    flops_per_s: float  # best timing over the repeats
+    size: int  # n of the n×n @ n×n matmuls
+    dtype: torch.dtype
 
-    Measured here rather than looked up, so MFU means "share of what this machine actually does",
-    on CPUs and GPUs alike. On CUDA a larger n is used to reach the tensor cores' plateau.
-    """
-    import time
+    @property
+    def label(self) -> str:
+        return f"{self.flops_per_s / 1e12:.3g} TFLOP/s ({str(self.dtype).removeprefix('torch.')} {self.size}²)"
 
-    if device.type == "cuda":
-        n = max(n, 4096)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    (a @ b).sum()  # warm-up: kernels chosen, memory touched
-    synchronize(device)
+
+def measure_matmul_peak(
+    device: torch.device, dtype: torch.dtype, size: int | None = None, repeats: int = 5
+) -> MatmulPeak:
+    """FLOP/s of n×n @ n×n matmuls in `dtype` on `device`: one warm-up, then the best of `repeats`."""
+    n = size or DEFAULT_SIZE.get(device.type, DEFAULT_SIZE["cpu"])
+    per_timing = MATMULS_PER_TIMING.get(device.type, 1)
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    torch.matmul(a, b, out=out)  # warm-up: library init, kernel selection, caches
     best = float("inf")
     for _ in range(repeats):
+        synchronize(device)
         t0 = time.perf_counter()
-        a @ b
+        for _ in range(per_timing):
+            torch.matmul(a, b, out=out)
         synchronize(device)
         best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    return MatmulPeak(2 * n**3 * per_timing / best, n, dtype)
+
+
+@lru_cache(maxsize=8)
+def cached_matmul_peak(device: torch.device, dtype: torch.dtype) -> float:
+    """measure_matmul_peak once per process and (device, dtype): training runs several phases."""
+    return measure_matmul_peak(device, dtype).flops_per_s

@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from ngpt.cli import cache, pending, primer, tokenizer, train
+from ngpt.cli import bench, cache, demo, pending, primer, tokenizer, train
 from ngpt.console import error_panel
 
 app = typer.Typer(
@@ -23,12 +23,13 @@ app = typer.Typer(
 app.add_typer(tokenizer.app, name="tokenizer", help="Train and inspect the sentencepiece tokenizer.")
 app.add_typer(cache.app, name="cache", help="Build and validate the sharded token caches.")
 app.add_typer(train.app, name="train", help="Pretrain, SFT, or both (pipeline).")
-app.add_typer(pending.bench_app, name="bench", help="Benchmarks: speed, and the overnight config sweep.")
+app.add_typer(bench.app, name="bench", help="Benchmarks: speed, and the overnight config sweep.")
 app.add_typer(pending.chat_app, name="chat", help="Chat with a checkpoint in the terminal.")
 app.add_typer(pending.serve_app, name="serve", help="OpenAI-compatible HTTP server with a web page.")
 app.add_typer(pending.hub_app, name="hub", help="Upload/download models to/from the Hugging Face hub.")
 app.add_typer(pending.export_app, name="export", help="Export a checkpoint (e.g. to Hugging Face transformers).")
 app.add_typer(primer.app, name="primer", help="Generate the primer SFT dialogues from facts.")
+app.command("demo")(demo.demo)
 
 # Errors a user can fix: shown as one readable panel, exit code 1, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)

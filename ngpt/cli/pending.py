@@ -19,7 +19,6 @@ def _pending(group: str, commands: list[str], issue: str) -> typer.Typer:
     return app
 
 
-bench_app = _pending("bench", ["speed", "sweep"], "model and training / bench sweep")
 chat_app = _pending("chat", ["run"], "inference")
 serve_app = _pending("serve", ["run"], "inference")
 hub_app = _pending("hub", ["upload", "download"], "share models")

@@ -26,7 +26,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ngpt.batches import PretrainBatches, SFTBatches
-from ngpt.device import Precision, measure_matmul_peak, resolve_device, resolve_precision
+from ngpt.device import Precision, cached_matmul_peak, resolve_device, resolve_precision
 from ngpt.io_utils import atomic_write_text
 from ngpt.model import GPT
 from ngpt.settings import Settings, TrainSettings, settings_json
@@ -134,6 +134,7 @@ def checkpoint_state(model, optimizer, scaler, step, batches, settings, raw_over
         "settings": settings.model_dump(mode="json"),
         "overrides": raw_overrides,
         "tokenizer_sha256": tok.sha256,
+        "tokenizer_model": tok.proto,  # the spm.model bytes: a checkpoint chats without any other file
         "run_id": run_id,
         "best_val": best_val,
         "tokens_seen": tokens_seen,
@@ -211,7 +212,7 @@ def run_phase(
 
     tokens_per_step = cfg.micro_batch * settings.model.seq_len * cfg.accum_steps * info.world_size
     flops_per_token = model.flops_per_token()
-    peak = measure_matmul_peak(device, precision.dtype or torch.float32)
+    peak = cached_matmul_peak(device, precision.dtype or torch.float32)
     run_dir = Path(settings.runs_dir) / run_id
     plan = TrainingPlan.build(settings, phase, device, precision, info, model, tok, tokens_per_step, start_step, resume_path, init_from, run_dir)
     if is_main:
@@ -246,6 +247,9 @@ def run_phase(
     step = start_step
     train_model.train()
     with progress:
+        if start_step == 0 and is_main:  # the curves start where the model starts
+            log.write(phase, 0, **evaluate(0))
+        distributed.barrier(info)
         while step < cfg.total_steps:
             t0 = time.perf_counter()
             lr = lr_at_step(step, cfg.total_steps, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr=cfg.min_lr)

@@ -1,0 +1,124 @@
+"""Tests for `ngpt bench speed --train` (ngpt/bench/speed.py, ngpt/device.py peak, ngpt/cli/bench.py).
+
+Tiny dims and one timed step: these check the machinery and the JSON record, never timings
+(timings belong in the benchmark itself).
+
+    pytest tests/test_bench_speed.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ngpt.device import measure_matmul_peak
+from ngpt.bench.speed import SpeedPlan, TrainStep, build_ngpt, build_transformers_llama, llama_config, synthetic_batch
+from ngpt.cli.bench import app
+from ngpt.device import Precision
+from ngpt.settings import ModelSettings
+
+TINY = ["--vocab-size", "97", "--seq-len", "16", "--n-embd", "32", "--n-layer", "2", "--n-head", "4"]
+FAST = ["--micro-b", "2", "--warmup-steps", "1", "--steps", "1", "--device", "cpu", "--amp", "false"]
+FP32 = Precision(False, None, False)
+
+
+def run_speed(*args: str) -> tuple[object, dict]:
+    result = CliRunner().invoke(app, ["speed", "--train", *TINY, *FAST, *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    last = result.stdout.strip().splitlines()[-1]
+    return result, json.loads(last)
+
+
+def tiny_plan(**overrides) -> SpeedPlan:
+    # Non-default theta, eps and d_ff so a comparison model that ignored them would be caught.
+    cfg = ModelSettings(vocab_size=97, seq_len=16, n_embd=32, n_layer=2, n_head=4, d_ff=96, rope_theta=500.0, norm_eps=1e-6)
+    return SpeedPlan(model=cfg, device=torch.device("cpu"), precision=FP32, **overrides)
+
+
+def test_speed_train_prints_tables_then_json_last():
+    result, record = run_speed()
+    assert "bench speed --train" in result.stdout and "training speed" in result.stdout
+    assert record["mode"] == "train"
+    assert record["config"]["n_embd"] == 32 and record["config"]["micro_b"] == 2
+    assert record["config"]["tokens_per_step"] == 2 * 16
+    assert record["precision"] == "fp32" and record["device"] == "cpu"
+    assert record["peak_flops"] > 0
+    assert record["ours"]["tokens_per_s"] > 0 and record["ours"]["step_ms"] > 0
+    assert 0 < record["ours"]["mfu"]
+    assert "transformers" not in record and "ratio" not in record
+
+
+def test_speed_without_mode_or_sweep_exits_2():
+    assert CliRunner().invoke(app, ["speed", *TINY]).exit_code == 2
+    result = CliRunner().invoke(app, ["sweep", "--anything"])
+    assert result.exit_code == 2 and "not implemented" in result.output
+
+
+def test_print_config_shows_flags_and_exits_0():
+    result = CliRunner().invoke(app, ["speed", "--train", *TINY, "--amp", "false", "--compile", "--print-config"])
+    assert result.exit_code == 0
+    settings = json.loads(result.stdout)
+    assert settings["model"]["n_embd"] == 32 and settings["pretrain"]["amp"] == "false"
+    assert settings["pretrain"]["compile"] is True
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_peak_is_positive(dtype):
+    peak = measure_matmul_peak(torch.device("cpu"), dtype, size=128, repeats=2)
+    assert peak.flops_per_s > 0 and peak.size == 128 and peak.dtype == dtype
+
+
+def test_train_step_updates_the_model():
+    plan = tiny_plan(lr=1e-2, weight_decay=0.0)
+    model = build_ngpt(plan)
+    idx, targets = synthetic_batch(97, 2, 16, seed=0, device=plan.device)
+    before = model.tok_emb.weight.detach().clone()
+    step = TrainStep(model, lambda: model(idx, targets)[1], plan)
+    with torch.no_grad():
+        loss0 = model(idx, targets)[1].item()
+    for _ in range(5):
+        step()
+    with torch.no_grad():
+        loss1 = model(idx, targets)[1].item()
+    assert not torch.equal(before, model.tok_emb.weight) and model.tok_emb.weight.grad is None
+    assert loss1 < loss0  # five AdamW steps on one fixed batch must fit it a little
+
+
+def test_compare_transformers_reports_ratio():
+    pytest.importorskip("transformers")
+    _, record = run_speed("--compare", "transformers")
+    assert record["transformers"]["tokens_per_s"] > 0 and 0 < record["transformers"]["mfu"]
+    assert record["transformers"]["params"] == record["ours"]["params"]
+    assert record["ratio"] == pytest.approx(record["ours"]["tokens_per_s"] / record["transformers"]["tokens_per_s"], rel=1e-3)
+
+
+def test_transformers_llama_is_the_same_model():
+    """Same parameter count and, with ngpt's weights copied in by the export rename, the same logits."""
+    pytest.importorskip("transformers")
+    plan = tiny_plan()
+    ours, hf = build_ngpt(plan).eval(), build_transformers_llama(plan).eval()
+    assert sum(p.numel() for p in hf.parameters()) == ours.num_params()
+    rename = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+    for i in range(plan.model.n_layer):
+        b, h = f"blocks.{i}.", f"model.layers.{i}."
+        rename |= {b + "attn_norm.weight": h + "input_layernorm.weight", b + "mlp_norm.weight": h + "post_attention_layernorm.weight"}
+        rename |= {f"{b}attn.{p}.weight": f"{h}self_attn.{p}_proj.weight" for p in "qkvo"}
+        rename |= {f"{b}mlp.{p}.weight": f"{h}mlp.{p}_proj.weight" for p in ("gate", "up", "down")}
+    state = {rename[k]: v for k, v in ours.state_dict().items() if k != "lm_head.weight"}
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    assert unexpected == [] and set(missing) <= {"lm_head.weight"}  # the tied head follows embed_tokens
+    idx, _ = synthetic_batch(97, 2, 16, seed=3, device=plan.device)
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=idx).logits, ours(idx)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_compare_without_transformers_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
+    with pytest.raises(RuntimeError, match="pip install transformers"):
+        llama_config(ModelSettings())
+    result = CliRunner().invoke(app, ["speed", "--train", *TINY, *FAST, "--compare", "transformers"])
+    assert isinstance(result.exception, RuntimeError) and "--compare transformers" in str(result.exception)
