@@ -68,15 +68,19 @@ def file_sha256(path: str | Path) -> str:
 class Tokenizer:
     """A loaded sentencepiece model plus the ids and facts the rest of ngpt needs."""
 
-    def __init__(self, model_path: str | Path):
+    def __init__(self, model_path: str | Path, *, proto: bytes | None = None):
+        """Load `model_path`; or, with `proto` (the file's bytes, e.g. from a checkpoint), name it `model_path`."""
         self.path = Path(model_path)
-        if not self.path.is_file():
-            raise FileNotFoundError(
-                f"Tokenizer model {self.path} does not exist. Train one with `ngpt tokenizer train` "
-                "or point tokenizer.model_path (--config / NGPT_TOKENIZER__MODEL_PATH) at an spm.model."
-            )
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
-        self.sha256 = file_sha256(self.path)
+        if proto is None:
+            if not self.path.is_file():
+                raise FileNotFoundError(
+                    f"Tokenizer model {self.path} does not exist. Train one with `ngpt tokenizer train` "
+                    "or point tokenizer.model_path (--config / NGPT_TOKENIZER__MODEL_PATH) at an spm.model."
+                )
+            proto = self.path.read_bytes()
+        self.proto = proto
+        self.sp = spm.SentencePieceProcessor(model_proto=proto)
+        self.sha256 = hashlib.sha256(proto).hexdigest()
         self.vocab_size = self.sp.get_piece_size()
         ids = {tok: self.sp.piece_to_id(tok) for tok in SPECIAL_TOKENS}
         for tok, i in ids.items():

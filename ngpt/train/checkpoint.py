@@ -62,16 +62,7 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint; a missing, truncated or foreign file is a CheckpointError saying so."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "latest.pt", "model.pt"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise CheckpointError(f"{path} is a directory without best.pt or latest.pt; pass a .pt file.")
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist.")
+    path = find_checkpoint(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
@@ -135,3 +126,34 @@ class CheckpointManager:
         save_checkpoint(path, state)
         link_or_copy(path, self.root / "best.pt")
         return path
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A .pt file, or a folder holding one: best.pt, then latest.pt (a phase folder, checkpoints/, a hub download)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "latest.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path} holds no best.pt or latest.pt; pass a checkpoint file or a folder with one.")
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist; pass e.g. checkpoints/best.pt or checkpoints/sft/.")
+    return path
+
+
+def load_for_inference(path: str | Path, device: torch.device | str = "cpu"):
+    """(model in eval mode on `device`, its Tokenizer, the checkpoint dict without weights) from a checkpoint."""
+    from ngpt.model import GPT
+    from ngpt.settings import ModelSettings
+    from ngpt.tokenizer import Tokenizer
+
+    ckpt = find_checkpoint(path)
+    state = load_checkpoint(ckpt, map_location="cpu")
+    proto = state.get("tokenizer_model")
+    if not proto:
+        raise CheckpointError(f"{ckpt} does not carry its tokenizer (tokenizer_model); re-save it with this ngpt.")
+    tok = Tokenizer(f"{ckpt}#tokenizer", proto=proto)
+    model = GPT(ModelSettings(**state["model_config"]))
+    model.load_state_dict(state.pop("model"))
+    state.pop("optimizer", None)
+    return model.to(device).eval(), tok, state
