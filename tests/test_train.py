@@ -287,6 +287,6 @@ def test_ddp_two_processes_on_cpu_match_single_process(workspace, tmp_path):
     assert b[1] == pytest.approx(a[1], rel=0.02)  # same init; each rank sees its own data
     assert abs(sum(b[k] for k in range(26, 31)) - sum(a[k] for k in range(26, 31))) / 5 < 0.15 * a[30]
     (run_dir,) = list((tmp_path / "ddp" / "runs").iterdir())
-    first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
-    assert first["tokens"] == 2 * 2 * 2 * 32  # micro_B × accum × world × T: the global batch
+    first = next(r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "tokens" in r)
+    assert first["step"] == 1 and first["tokens"] == 2 * 2 * 2 * 32  # micro_B × accum × world × T: the global batch
     assert math.isfinite(b[30])

@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import json
 from enum import Enum
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import torch
 import typer
 from rich.table import Table
 
-from ngpt.bench.speed import SpeedPlan, TrainSpeedReport, device_name, param_count, run_train_speed
 from ngpt.cli.common import ConfigOpt, PrintConfigOpt, resolve_settings
 from ngpt.console import console, error_panel, kv_table, table
-from ngpt.device import resolve_device, resolve_precision
-from ngpt.model import resolved_d_ff
+
+if TYPE_CHECKING:
+    from ngpt.bench.speed import SpeedPlan, TrainSpeedReport
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -89,6 +88,9 @@ def speed(
         error_panel("Say what to time: --train (full training steps). Decode speed lands with the inference issue.",
                     "no mode")
         raise typer.Exit(2)
+    from ngpt.bench.speed import SpeedPlan, run_train_speed  # torch: only when a benchmark runs
+    from ngpt.device import resolve_device, resolve_precision
+
     t = s.pretrain
     dev = resolve_device(t.device)
     plan = SpeedPlan(
@@ -106,6 +108,11 @@ def speed(
 
 
 def plan_table(plan: SpeedPlan) -> Table:
+    import torch
+
+    from ngpt.bench.speed import device_name, param_count
+    from ngpt.model import resolved_d_ff
+
     m = plan.model
     return kv_table("bench speed --train", {
         "device": f"{plan.device} ({device_name(plan.device)})"

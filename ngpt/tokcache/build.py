@@ -1,0 +1,196 @@
+"""Build one source's token cache: read → check → tokenize (all cores) → shards → meta.json → rename.
+
+    tok = Tokenizer(settings.tokenizer.model_path)
+    meta = build_source(settings, make_source("wikitext", settings), tok)
+
+Pretrain documents become `encode(text) + [<|eot|>]`; SFT conversations become
+`render_example(...)` (None → dropped and counted). A streamed source is read once: its val
+budget of tokens comes first, then its train budget, then reading stops. Everything is written
+in `{cache}/{phase}/.{source}.tmp-<pid>` and renamed into place after meta.json, so a killed
+build leaves no cache, and the next build removes the dead build's temp dir. No clock or pid is
+written into the cache: the same inputs and seed give byte-identical directories.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from ngpt.io_utils import atomic_write_text, replace_dir
+from ngpt.settings import Settings
+from ngpt.sources.base import SPLITS, Source
+from ngpt.tokcache.encode_pool import EncodeJob, Encoded, EncodePool, chunked
+from ngpt.tokcache.layout import FORMAT_VERSION, META_NAME, dtype_for_vocab, source_dir, temp_prefix
+from ngpt.tokcache.writer import SplitWriter
+from ngpt.tokenizer import Tokenizer
+
+# progress(items read, tokens written) so far for this source; called once per chunk.
+ProgressFn = Callable[[int, int], None]
+
+
+class _Sink:
+    """One split being written, with its optional token budget."""
+
+    def __init__(self, writer: SplitWriter, budget: int | None):
+        self.writer = writer
+        self.budget = budget
+        self.dropped = 0
+
+    @property
+    def full(self) -> bool:
+        return self.budget is not None and self.writer.num_tokens >= self.budget
+
+    def take(self, enc: Encoded, first: int) -> int:
+        """Write kept items `first..` of `enc` until the budget is met; the index of the first one not taken."""
+        lengths = enc.lengths[first:]
+        ends = np.cumsum(lengths)
+        count = len(lengths)
+        if self.budget is not None:
+            room = self.budget - self.writer.num_tokens
+            count = min(count, int(np.searchsorted(ends, room, side="left")) + 1)
+        start = int(enc.lengths[:first].sum())
+        stop = start + (int(ends[count - 1]) if count else 0)
+        if self.writer.sft:
+            self.writer.add_examples(enc.tokens[start:stop], enc.mask[start:stop], lengths[:count])
+        else:
+            # The budget is exact in tokens: the last document is cut (and its tail never reused).
+            if self.budget is not None:
+                stop = min(stop, start + self.budget - self.writer.num_tokens)
+            self.writer.add_documents(enc.tokens[start:stop], lengths[:count])
+        return first + count
+
+
+class _Counts:
+    """Items read and tokens written so far for the whole source (what the progress bar shows)."""
+
+    def __init__(self, progress: ProgressFn | None):
+        self.progress = progress
+        self.items = 0
+        self.tokens = 0
+
+
+def _fill(sinks: list[_Sink], results: Iterator[Encoded], counts: _Counts) -> None:
+    """Route items in order to the first sink that is not full; stop reading when all are full."""
+    with contextlib.closing(results):
+        for enc in results:
+            before = sum(s.writer.num_tokens for s in sinks)
+            open_sinks = [s for s in sinks if not s.full]
+            open_sinks[0].dropped += enc.dropped  # only SFT drops, and SFT sources have one sink per read
+            i = 0
+            for sink in open_sinks:
+                i = sink.take(enc, i)
+            counts.items += enc.items
+            counts.tokens += sum(s.writer.num_tokens for s in sinks) - before
+            if counts.progress is not None:
+                counts.progress(counts.items, counts.tokens)
+            if all(s.full for s in sinks):
+                return
+
+
+def _split_meta(source: Source, split: str, sinks: dict[str, _Sink], sft_max_tokens: int) -> dict:
+    sink = sinks[split]
+    meta = sink.writer.close()
+    if meta["num_tokens"] == 0:
+        what = "conversations" if source.kind == "sft" else "documents"
+        why = ""
+        if sink.dropped:
+            why = (f"; all {sink.dropped} conversations were dropped (under 2 tokens, or nothing to train on "
+                   f"after left-truncation to data.sft_max_tokens={sft_max_tokens})")
+        elif source.streamed:
+            val = sinks["val"].writer.num_tokens
+            why = (f"; the stream ended after {val:,} tokens, all taken by val (budget {sinks['val'].budget:,}): "
+                   "give more data or lower the val budget (e.g. --fineweb-val-tokens)")
+        raise ValueError(
+            f"Source '{source.name}' ({source.origin}): the {split} split is empty (no {what}){why}. "
+            f"Check the data at data.sources.{source.name} / --source {source.name}=PATH."
+        )
+    if source.kind == "sft":
+        meta["num_dropped"] = sink.dropped
+    return meta
+
+
+def clean_stale(final: Path) -> None:
+    """Remove temp/old dirs of `final` left by builds that died (their pid is gone)."""
+    if not final.parent.is_dir():
+        return
+    for prefix in (temp_prefix(final.name), f".{final.name}.old-"):
+        for p in final.parent.glob(prefix + "*"):
+            pid = p.name[len(prefix) :]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        pass
+    return True
+
+
+def resolved_workers(settings: Settings) -> int:
+    return settings.data.workers or os.cpu_count() or 1
+
+
+def build_source(settings: Settings, source: Source, tok: Tokenizer, progress: ProgressFn | None = None) -> dict:
+    """Build `{cache}/{phase}/{source}` from scratch; returns its meta.json contents."""
+    data = settings.data
+    budgets = source.token_budgets()
+    if source.streamed and any(budgets.get(split) is None for split in SPLITS):
+        raise ValueError(f"Source '{source.name}' is streamed: it needs a token budget for train and val, got {budgets}.")
+    final = source_dir(data.cache_dir, source.kind, source.name)
+    clean_stale(final)
+    tmp = final.parent / f"{temp_prefix(source.name)}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        dtype = dtype_for_vocab(tok.vocab_size)
+        sft = source.kind == "sft"
+        sinks = {
+            split: _Sink(SplitWriter(tmp / split, dtype, data.shard_bytes, sft, tok.vocab_size), budgets.get(split))
+            for split in SPLITS
+        }
+        job = EncodeJob(str(tok.path), tok.sha256, source.name, source.kind, data.sft_max_tokens, dtype.name)
+        counts = _Counts(progress)
+        with EncodePool(job, resolved_workers(settings), tok) as pool:
+            if source.streamed:
+                # One stream: val first (a fixed, reproducible slice from the start), then train.
+                _fill([sinks["val"], sinks["train"]], pool.map(chunked(source.iter_stream())), counts)
+            else:
+                for split in SPLITS:
+                    _fill([sinks[split]], pool.map(chunked(source.iter_split(split))), counts)
+        build_args: dict = {
+            "origin": source.origin,
+            "streamed": source.streamed,
+            "token_budgets": {split: budgets.get(split) for split in SPLITS},
+            "shard_bytes": data.shard_bytes,
+            "val_fraction": data.val_fraction,
+        }
+        if sft:
+            build_args["sft_max_tokens"] = data.sft_max_tokens
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "phase": source.kind,
+            "source": source.name,
+            "tokenizer_sha256": tok.sha256,
+            "vocab_size": tok.vocab_size,
+            "dtype": dtype.name,
+            "eot_id": tok.eot_id,
+            "seed": data.seed,
+            "build": build_args,
+            "splits": {split: _split_meta(source, split, sinks, data.sft_max_tokens) for split in SPLITS},
+        }
+        atomic_write_text(tmp / META_NAME, json.dumps(meta, indent=2) + "\n")
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
