@@ -20,7 +20,7 @@ err_console = Console(stderr=True)
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     for col in columns:
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # wrap long paths instead of cutting them: they are what users read
     for row in rows:
         t.add_row(*(fmt(v) for v in row))
     return t

@@ -290,3 +290,20 @@ def test_ddp_two_processes_on_cpu_match_single_process(workspace, tmp_path):
     first = next(r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "tokens" in r)
     assert first["step"] == 1 and first["tokens"] == 2 * 2 * 2 * 32  # micro_B × accum × world × T: the global batch
     assert math.isfinite(b[30])
+
+
+def test_parse_duration():
+    from ngpt.train.loop import parse_duration
+
+    assert parse_duration("8h") == 8 * 3600 and parse_duration("1h30m") == 5400 and parse_duration("45s") == 45
+    assert parse_duration(None) is None
+    with pytest.raises(ValueError, match="duration like"):
+        parse_duration("eight hours")
+
+
+def test_max_tokens_stops_before_total_steps(workspace, tmp_path):
+    phase = {k: v for k, v in PHASE.items() if k != "total_steps"}
+    s = settings_for(workspace, tmp_path, total_steps=100, max_tokens=3 * 2 * 2 * 32, **phase)
+    result = run_phase(s, "pretrain", show=False)
+    assert result.step == 3
+    assert load_checkpoint(tmp_path / "ckpt" / "pretrain" / "latest.pt")["step"] == 3

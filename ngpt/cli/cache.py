@@ -13,7 +13,6 @@ from typing import Annotated, Literal, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from ngpt.cli.common import ConfigOpt, PrintConfigOpt, SourceOpt, resolve_settings
 from ngpt.console import console, progress, table
@@ -57,22 +56,15 @@ def _settings(
     return resolve_settings(config, sources, {"data": data}, print_config)
 
 
-def _folded(t: Table) -> Table:
-    """Wrap long paths and statuses instead of cutting them with '…': they are what the user must read."""
-    for column in t.columns:
-        column.overflow = "fold"
-    return t
-
-
 def _build(settings: Settings, caches: list[tuple[Phase, str]]) -> Tokenizer:
     """Preflight everything, print the plan, build each source with a progress bar."""
     tok, sources = preflight(settings, [name for _, name in caches])
     console.print(
-        _folded(table(
+        table(
             f"Cache build plan (tokenizer {tok.path}, vocab {tok.vocab_size:,}, {resolved_workers(settings)} workers)",
             ("source", "phase", "from", "token budget", "shard size", "out dir"),
             [tuple(escape(cell) for cell in row) for row in plan_rows(settings, sources)],
-        ))
+        )
     )
     with progress() as bars:
         for source in sources:
@@ -96,7 +88,7 @@ def _print_rows(rows: list[CacheRow], title: str) -> None:
         (r.source, r.phase, r.split, r.tokens, r.examples, r.shards, f"{r.mb:,.2f}", f"[{'green' if r.ok else 'red'}]{escape(r.status)}")
         for r in rows
     ]
-    console.print(_folded(table(title, ("source", "phase", "split", "tokens", "examples", "shards", "MB", "status"), cells)))
+    console.print(table(title, ("source", "phase", "split", "tokens", "examples", "shards", "MB", "status"), cells))
     if not all(r.ok for r in rows):
         console.print("[red]Some caches failed validation; rebuild them with `ngpt cache build SOURCE`.")
         raise typer.Exit(1)
