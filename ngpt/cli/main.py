@@ -11,6 +11,8 @@ import sys
 import typer
 
 from ngpt.cli import bench, cache, demo, pending, primer, tokenizer, train
+from ngpt.cli import export as export_cli
+from ngpt.cli import hub as hub_cli
 from ngpt.console import error_panel
 
 app = typer.Typer(
@@ -26,8 +28,8 @@ app.add_typer(train.app, name="train", help="Pretrain, SFT, or both (pipeline)."
 app.add_typer(bench.app, name="bench", help="Benchmarks: speed, and the overnight config sweep.")
 app.add_typer(pending.chat_app, name="chat", help="Chat with a checkpoint in the terminal.")
 app.add_typer(pending.serve_app, name="serve", help="OpenAI-compatible HTTP server with a web page.")
-app.add_typer(pending.hub_app, name="hub", help="Upload/download models to/from the Hugging Face hub.")
-app.add_typer(pending.export_app, name="export", help="Export a checkpoint (e.g. to Hugging Face transformers).")
+app.add_typer(hub_cli.app, name="hub", help="Upload/download models to/from the Hugging Face hub.")
+app.add_typer(export_cli.app, name="export", help="Export a checkpoint (e.g. to Hugging Face transformers).")
 app.add_typer(primer.app, name="primer", help="Generate the primer SFT dialogues from facts.")
 app.command("demo")(demo.demo)
 

@@ -21,5 +21,3 @@ def _pending(group: str, commands: list[str], issue: str) -> typer.Typer:
 
 chat_app = _pending("chat", ["run"], "inference")
 serve_app = _pending("serve", ["run"], "inference")
-hub_app = _pending("hub", ["upload", "download"], "share models")
-export_app = _pending("export", ["hf"], "share models")

@@ -1,0 +1,296 @@
+"""Export a checkpoint to a Hugging Face transformers folder: LlamaForCausalLM weights + its tokenizer.
+
+    ngpt export hf --ckpt checkpoints/best.pt --out exports/my-model
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer       # no ngpt code needed
+    model = AutoModelForCausalLM.from_pretrained("exports/my-model")
+    tok = AutoTokenizer.from_pretrained("exports/my-model")
+    ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+
+The folder holds config.json (LlamaForCausalLM, tied embeddings), model.safetensors,
+generation_config.json (eos = <|eot|>, sampling defaults from the checkpoint's settings),
+tokenizer.model (the sentencepiece file itself), tokenizer.json, tokenizer_config.json (with a
+chat_template that renders ngpt's template), special_tokens_map.json.
+
+The weights are a rename (ngpt/model.py already uses Llama's half-split RoPE, RMSNorm and SwiGLU).
+The tokenizer is the subtle part. transformers' own sentencepiece conversion replaces spaces with
+U+2581 before the model runs, so a literal U+2581 in the text would turn into a space, where ngpt
+spells it out as three byte pieces. tokenizer.json therefore stores the same unigram model with
+its pieces spelled with real spaces and no normalizer at all: the ids and scores are sentencepiece's,
+and a literal U+2581 is just an unknown character that falls back to bytes, as in ngpt. Pieces that
+sentencepiece never matches in text (control, <unk>, byte pieces like "<0x41>") get a score no
+segmentation would take, and a split before their first character keeps them out of reach even
+when one of their characters is missing from the vocabulary (its fallback scores lower still).
+Where two segmentations score exactly the same, the pick is float rounding (sentencepiece sums
+float32 scores along the whole line, tokenizers float64 per segment) and can differ: 2 of 34,628
+dolly-15k texts with an 8k vocabulary, both segmentations valid and decoding to the same text.
+As in every transformers chat tokenizer, the strings "<|eot|>" etc. typed as text are read as
+their control tokens; ngpt never does that. Pass split_special_tokens=True (plain encoding) or
+sanitize_control_tokens=True (apply_chat_template) to get ngpt's ids for such text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ngpt.io_utils import atomic_write_bytes, atomic_write_text, replace_dir
+from ngpt.settings import SPECIAL_TOKENS, ModelSettings
+from ngpt.tokenizer import SPACE_MARK, Tokenizer
+from ngpt.train.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# A unigram score no segmentation ever prefers: pieces sentencepiece never matches in text.
+NEVER_SCORE = -1e9
+# Renders exactly chat_format.render / prompt_ids: <|sys|>…<|eot|><|usr|>…<|eot|><|asst|>…<|eot|> [<|asst|>].
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{- '<|sys|>' -}}"
+    "{%- elif message['role'] == 'user' -%}{{- '<|usr|>' -}}"
+    "{%- elif message['role'] == 'assistant' -%}{{- '<|asst|>' -}}"
+    "{%- else -%}{{- raise_exception('ngpt chat roles are system, user and assistant, got ' + message['role']) -}}"
+    "{%- endif -%}"
+    "{{- message['content'] -}}{{- '<|eot|>' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|asst|>' -}}{%- endif -%}"
+)
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    checkpoint: Path
+    files: dict[str, int]  # file name → bytes
+    num_params: int
+    dtype: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights and config.
+
+
+def hf_state_dict(model_sd: dict[str, torch.Tensor], n_layer: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """ngpt parameter names → LlamaForCausalLM names (see ngpt/model.py); the tied head is stored once."""
+    names = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+    for i in range(n_layer):
+        ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
+        names[ours + "attn_norm.weight"] = theirs + "input_layernorm.weight"
+        names[ours + "mlp_norm.weight"] = theirs + "post_attention_layernorm.weight"
+        names.update({ours + f"attn.{p}.weight": theirs + f"self_attn.{p}_proj.weight" for p in "qkvo"})
+        names.update({ours + f"mlp.{p}.weight": theirs + f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")})
+    head = model_sd.get("lm_head.weight")
+    if head is not None and not torch.equal(head, model_sd["tok_emb.weight"]):
+        raise CheckpointError("the checkpoint's lm_head differs from its embedding; LlamaForCausalLM export expects them tied")
+    unknown = sorted(set(model_sd) - set(names) - {"lm_head.weight"})
+    missing = sorted(set(names) - set(model_sd))
+    if unknown or missing:
+        raise CheckpointError(f"checkpoint weights do not match an ngpt GPT: unknown {unknown[:5]}, missing {missing[:5]}")
+    # clone(): safetensors refuses tensors that share memory (the tied head) or are views.
+    return {names[k]: v.detach().to(dtype).contiguous().clone() for k, v in model_sd.items() if k in names}
+
+
+def hf_config(cfg: ModelSettings, tok: Tokenizer, d_ff: int, dtype: str) -> dict:
+    """config.json for LlamaForCausalLM (both the transformers 5 rope_parameters and the older rope_theta)."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": d_ff,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head,
+        "head_dim": cfg.n_embd // cfg.n_head,
+        "max_position_embeddings": cfg.seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "rope_scaling": None,
+        "hidden_act": "silu",
+        "tie_word_embeddings": True,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "pretraining_tp": 1,
+        "use_cache": True,
+        # Llama's defaults (bos 1, eos 2) would be <|sys|> and <|usr|> here: say there is no bos.
+        "bos_token_id": None,
+        "eos_token_id": tok.eot_id,
+        "pad_token_id": None,
+        "dtype": dtype,
+        "torch_dtype": dtype,
+    }
+
+
+def generation_config(tok: Tokenizer, settings: dict | None, vocab_size: int) -> dict:
+    """generation_config.json: stop at <|eot|>, and sample the way `ngpt chat` does by default."""
+    gen = (settings or {}).get("generation", {})
+    temperature = gen.get("temperature", 0.8)
+    out = {"eos_token_id": tok.eot_id, "pad_token_id": tok.eot_id, "bos_token_id": None,
+           "max_new_tokens": gen.get("max_new_tokens", 256), "do_sample": temperature > 0}
+    if vocab_size > tok.vocab_size:  # a vocabulary padded for speed: ids with no text, never generated (as the engine)
+        out["suppress_tokens"] = list(range(tok.vocab_size, vocab_size))
+    if temperature > 0:
+        out.update(temperature=temperature, top_k=gen.get("top_k", 50), top_p=gen.get("top_p", 0.95))
+    if gen.get("repetition_penalty", 1.0) != 1.0:
+        out["repetition_penalty"] = gen["repetition_penalty"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer.
+
+
+def check_lossless(tok: Tokenizer) -> None:
+    """The export reproduces ngpt's tokenizer (identity normalisation, no dummy prefix); refuse any other."""
+    probe = "  Ａﬁ x  \t"
+    dummy_prefix = tok.sp.encode("x", out_type=str)[0].startswith(SPACE_MARK)
+    if dummy_prefix or tok.sp.decode(tok.sp.encode(probe)) != probe:
+        raise ValueError(
+            f"tokenizer {tok.path} is not lossless (it normalises text or adds a prefix space), so transformers "
+            "could not reproduce its ids; retrain it with `ngpt tokenizer train`"
+        )
+
+
+def _added(token_id: int, content: str, special: bool) -> dict:
+    return {"id": token_id, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
+            "normalized": False, "special": special}
+
+
+def tokenizer_json(tok: Tokenizer) -> dict:
+    """tokenizer.json (the `tokenizers` format) giving the same ids as Tokenizer.encode; see the module docstring."""
+    sp = tok.sp
+    vocab: list[list] = []
+    added: list[dict] = []
+    unmatched: list[str] = []  # pieces sentencepiece never matches in text
+    for i in range(tok.vocab_size):
+        piece = sp.id_to_piece(i)
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i):
+            vocab.append([piece, NEVER_SCORE])
+            # <unk> stays out of the added tokens: the text "<unk>" is plain text to ngpt, as it is here.
+            if sp.is_control(i):
+                added.append(_added(i, piece, special=True))
+            unmatched.append(piece)
+            continue
+        score = sp.get_score(i)
+        # A user-defined symbol ("\n") is the only normal-looking piece the trainer scores exactly 0;
+        # sentencepiece always cuts it out whole, as an added token does.
+        if score == 0.0:
+            added.append(_added(i, piece, special=False))
+        vocab.append([piece.replace(SPACE_MARK, " "), score])
+    # Where a character of "<0x41>" (or "<unk>", "<|eot|>") is not in the vocabulary, its fallback score
+    # is below NEVER_SCORE and the whole piece would win; isolating the first character prevents that.
+    byte_alt = "<(?=0x[0-9A-F]{2}>)"
+    alts = sorted({re.escape(p[0]) + "(?=" + re.escape(p[1:]) + ")" for p in unmatched
+                   if len(p) > 1 and not re.fullmatch(r"<0x[0-9A-F]{2}>", p)})
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "|".join([byte_alt, *alts])},
+                          "behavior": "Isolated", "invert": False},
+        "post_processor": None,
+        "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {"type": "Unigram", "unk_id": sp.unk_id(), "vocab": vocab, "byte_fallback": True},
+    }
+
+
+def special_tokens_map(tok: Tokenizer) -> dict:
+    return {"eos_token": tok.piece(tok.eot_id), "pad_token": tok.piece(tok.eot_id),
+            "additional_special_tokens": list(SPECIAL_TOKENS)}
+
+
+def tokenizer_config(tok: Tokenizer, seq_len: int) -> dict:
+    """tokenizer_config.json: the generic fast tokenizer (tokenizer.json as written), no bos/eos added."""
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        **special_tokens_map(tok),
+        "bos_token": None,
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "add_prefix_space": False,
+        "legacy": False,
+        "clean_up_tokenization_spaces": False,
+        "split_special_tokens": False,
+        "model_max_length": seq_len,
+        "chat_template": CHAT_TEMPLATE,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The folder.
+
+
+def _json(obj: dict) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+def write_hf_folder(state: dict, out_dir: Path, dtype: str = "float32") -> int:
+    """Write the transformers files of a loaded checkpoint dict into `out_dir`; returns the parameter count."""
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise RuntimeError("exporting needs the safetensors package: pip install safetensors") from None
+
+    from ngpt.model import resolved_d_ff
+
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    proto = state.get("tokenizer_model")
+    if not proto:
+        raise CheckpointError("the checkpoint does not carry its tokenizer (tokenizer_model); re-save it with this ngpt")
+    tok = Tokenizer("checkpoint#tokenizer", proto=proto)
+    check_lossless(tok)
+    cfg = ModelSettings(**state["model_config"])
+    weights = hf_state_dict(state["model"], cfg.n_layer, DTYPES[dtype])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})  # callers write to a fresh temp dir
+    atomic_write_text(out_dir / "config.json", _json(hf_config(cfg, tok, resolved_d_ff(cfg), dtype)))
+    atomic_write_text(out_dir / "generation_config.json", _json(generation_config(tok, state.get("settings"), cfg.vocab_size)))
+    atomic_write_bytes(out_dir / "tokenizer.model", proto)
+    atomic_write_text(out_dir / "tokenizer.json", _json(tokenizer_json(tok)))
+    atomic_write_text(out_dir / "tokenizer_config.json", _json(tokenizer_config(tok, cfg.seq_len)))
+    atomic_write_text(out_dir / "special_tokens_map.json", _json(special_tokens_map(tok)))
+    return sum(t.numel() for t in weights.values())
+
+
+def check_out_dir(out: Path, force: bool, keep: Path | None = None) -> None:
+    """Refuse a non-empty output folder unless --force, and never one holding `keep` (the checkpoint)."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; pass a folder path")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise FileExistsError(f"--out {out} exists and is not empty; pass --force to replace it, or choose another folder")
+    resolved = out.resolve()
+    if keep is not None and resolved in keep.resolve().parents:
+        raise FileExistsError(f"--out {out} holds the checkpoint being exported ({keep}); choose another folder")
+    if resolved in Path.cwd().resolve().parents or resolved == Path.cwd().resolve():
+        raise FileExistsError(f"--out {out} is the current folder or one of its parents; choose a folder of its own")
+
+
+def export_hf(ckpt: str | Path, out: str | Path, *, force: bool = False, dtype: str = "float32") -> ExportResult:
+    """Export a checkpoint (file, or folder with best.pt/latest.pt) to a transformers folder, atomically."""
+    path = find_checkpoint(ckpt)
+    out = Path(out)
+    check_out_dir(out, force, keep=path)
+    state = load_checkpoint(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        num_params = write_hf_folder(state, tmp, dtype)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    files = {p.name: p.stat().st_size for p in sorted(out.iterdir()) if p.is_file()}
+    return ExportResult(out, path, files, num_params, dtype)
