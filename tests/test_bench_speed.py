@@ -1,4 +1,4 @@
-"""Tests for `ngpt bench speed --train` (ngpt/bench/speed.py, ngpt/device.py peak, ngpt/cli/bench.py).
+"""Tests for `ngpt bench speed --train|--decode` (ngpt/bench/speed.py, ngpt/device.py peak, ngpt/cli/bench.py).
 
 Tiny dims and one timed step: these check the machinery and the JSON record, never timings
 (timings belong in the benchmark itself).
@@ -16,9 +16,23 @@ import torch
 from typer.testing import CliRunner
 
 from ngpt.device import measure_matmul_peak
-from ngpt.bench.speed import SpeedPlan, TrainStep, build_ngpt, build_transformers_llama, llama_config, synthetic_batch
+from ngpt.bench.speed import (
+    NO_AUTOCAST,
+    DecodePlan,
+    SpeedPlan,
+    SyntheticTokenizer,
+    TrainStep,
+    build_ngpt,
+    build_transformers_llama,
+    cast_for_decoding,
+    decode_dtype,
+    llama_config,
+    synthetic_batch,
+)
 from ngpt.cli.bench import app
 from ngpt.device import Precision
+from ngpt.engine import Engine, SamplingParams
+from ngpt.model import GPT
 from ngpt.settings import ModelSettings
 
 TINY = ["--vocab-size", "97", "--seq-len", "16", "--n-embd", "32", "--n-layer", "2", "--n-head", "4"]
@@ -54,6 +68,7 @@ def test_speed_train_prints_tables_then_json_last():
 
 def test_speed_without_mode_or_sweep_exits_2():
     assert CliRunner().invoke(app, ["speed", *TINY]).exit_code == 2
+    assert CliRunner().invoke(app, ["speed", "--train", "--decode", *TINY]).exit_code == 2
     result = CliRunner().invoke(app, ["sweep", "--anything"])
     assert result.exit_code == 2 and "not implemented" in result.output
 
@@ -122,3 +137,67 @@ def test_compare_without_transformers_is_a_clear_error(monkeypatch):
         llama_config(ModelSettings())
     result = CliRunner().invoke(app, ["speed", "--train", *TINY, *FAST, "--compare", "transformers"])
     assert isinstance(result.exception, RuntimeError) and "--compare transformers" in str(result.exception)
+
+
+# ---------------------------------------------------------------------------------------------
+# --decode
+
+DECODE_TINY = ["--decode", *TINY, "--prompt-tokens", "6", "--new-tokens", "5", "--repeats", "1", "--device", "cpu"]
+
+
+def run_decode(*args: str) -> tuple[object, dict]:
+    result = CliRunner().invoke(app, ["speed", *DECODE_TINY, *args])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_speed_decode_reports_cached_uncached_and_their_ratio():
+    result, record = run_decode("--precision", "fp32")
+    assert "bench speed --decode" in result.stdout and "generation speed" in result.stdout
+    assert record["mode"] == "decode" and record["precision"] == "fp32"
+    assert record["config"]["prompt_tokens"] == 6 and record["config"]["new_tokens"] == 5
+    assert record["config"]["batch_size"] == 1 and record["config"]["sampling"] == "greedy"
+    ours, uncached = record["ours"], record["ours_no_kv_cache"]
+    assert ours["tokens_per_s"] > 0 and uncached["tokens_per_s"] > 0
+    assert ours["tokens_per_s"] == pytest.approx(5 / ours["run_s"], rel=0.01)
+    assert 0 < ours["prefill_ms"] < 1e3 * ours["run_s"] and ours["decode_tokens_per_s"] > 0
+    assert record["kv_cache_speedup"] == pytest.approx(ours["tokens_per_s"] / uncached["tokens_per_s"], rel=1e-2)
+    assert "transformers" not in record and "ratio" not in record
+
+
+def test_speed_decode_bf16_weights_and_no_uncached():
+    _, record = run_decode("--precision", "bf16", "--no-uncached")
+    assert record["precision"] == "bf16 weights"
+    assert "ours_no_kv_cache" not in record and "kv_cache_speedup" not in record
+
+
+def test_speed_decode_rejects_train_flags_and_a_context_too_small():
+    result = CliRunner().invoke(app, ["speed", *DECODE_TINY, "--micro-b", "2", "--amp", "false"])
+    assert result.exit_code == 2 and "--micro-b, --amp only apply to --train" in result.output
+    result = CliRunner().invoke(app, ["speed", "--train", *TINY, "--new-tokens", "4"])
+    assert result.exit_code == 2 and "--new-tokens only apply to --decode" in result.output
+    result = CliRunner().invoke(app, ["speed", *DECODE_TINY, "--new-tokens", "12"])  # 6 + 12 > seq_len 16
+    assert isinstance(result.exception, ValueError) and "raise --seq-len" in str(result.exception)
+
+
+def test_decode_dtype_choices():
+    cpu = torch.device("cpu")
+    assert decode_dtype(cpu, "fp32") == torch.float32 and decode_dtype(cpu, "bf16") == torch.bfloat16
+    assert decode_dtype(cpu, "auto") in (torch.float32, torch.bfloat16)
+    with pytest.raises(ValueError, match="fp16 is not supported for CPU"):
+        decode_dtype(cpu, "fp16")
+
+
+def test_synthetic_decode_makes_exactly_new_tokens():
+    """The benchmark's engine never stops early: every run is the same amount of work."""
+    plan = DecodePlan(model=tiny_plan().model, device=torch.device("cpu"), dtype=torch.float32, prompt_tokens=4, new_tokens=9)
+    model = cast_for_decoding(GPT(plan.model), plan.dtype)
+    result = Engine(model, SyntheticTokenizer(97), "cpu", NO_AUTOCAST).generate([1, 2, 3, 4], SamplingParams(max_new_tokens=9, temperature=0))
+    assert len(result.ids) == 9 and result.finish_reason == "length"
+
+
+def test_decode_compare_transformers_reports_its_tokens_per_s():
+    pytest.importorskip("transformers")
+    _, record = run_decode("--precision", "fp32", "--compare", "transformers", "--no-uncached")
+    assert record["transformers"]["tokens_per_s"] > 0 and "transformers_version" in record
+    assert record["ratio"] == pytest.approx(record["ours"]["tokens_per_s"] / record["transformers"]["tokens_per_s"], rel=1e-2)

@@ -1,10 +1,11 @@
-"""Training speed: tokens/s and MFU of full training steps, optionally against transformers' Llama.
+"""Speed: training steps (tokens/s, MFU) and generation (decode tokens/s), optionally against transformers.
 
-A step is what the training loop does per optimizer step with one micro-batch: forward under the
-resolved autocast, backward (through a GradScaler for fp16), gradient clipping, AdamW step, zero
-grads. Batches are synthetic random tokens (seeded), so no dataset or tokenizer is needed. Warm-up
-steps (allocator, kernel selection, compilation) are discarded; the device is synchronised around
-every timed step. MFU is measured against a matmul peak taken on the spot (ngpt.device.measure_matmul_peak).
+Training (`run_train_speed`). A step is what the training loop does per optimizer step with one
+micro-batch: forward under the resolved autocast, backward (through a GradScaler for fp16), gradient
+clipping, AdamW step, zero grads. Batches are synthetic random tokens (seeded), so no dataset or
+tokenizer is needed. Warm-up steps (allocator, kernel selection, compilation) are discarded; the
+device is synchronised around every timed step. MFU is measured against a matmul peak taken on the
+spot (ngpt.device.measure_matmul_peak).
 
 `compare="transformers"` builds `LlamaForCausalLM` of the same shapes (V, T, C, L, H, d_ff, tied
 embeddings, rope_theta, rms_norm_eps, no biases, SDPA attention), trains it with the same AdamW
@@ -15,7 +16,14 @@ neighbour slows both alike. Both models sit in memory together.
     report = run_train_speed(SpeedPlan(model=ModelSettings(), device=dev, precision=prec, compare="transformers"))
     print(report.to_json())
 
-Only training is measured here; a decode (generation) mode belongs beside `run_train_speed`.
+Decoding (`run_decode_speed`). Batch 1, greedy, a random prompt of `prompt_tokens` ids, exactly
+`new_tokens` generated (random weights would pick an end token at a random step, so none is set).
+Tokens/s = new tokens / wall time of the whole generation (prefill included), as a user waits for
+it; prefill time and the decode-only rate are reported beside it. Our engine runs with its KV cache
+and (unless `uncached=False`) without it, and with `compare="transformers"` transformers'
+`LlamaForCausalLM.generate` runs the same shapes in the same weight dtype; all runs alternate.
+
+    report = run_decode_speed(DecodePlan(model=ModelSettings(), device=dev, dtype=decode_dtype(dev)))
 """
 
 from __future__ import annotations
@@ -29,8 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ngpt.device import MatmulPeak, measure_matmul_peak, synchronize
-from ngpt.device import Precision
+from ngpt.device import MatmulPeak, Precision, cpu_has_native_bf16, measure_matmul_peak, synchronize
 from ngpt.model import GPT, resolved_d_ff
 from ngpt.settings import ModelSettings
 from ngpt.train.optim import make_optimizer
@@ -287,3 +294,234 @@ def run_train_speed(plan: SpeedPlan) -> TrainSpeedReport:
         for name, m, ts in zip(("ngpt", "transformers"), models, times)
     ]
     return TrainSpeedReport(plan, peak, timings[0], timings[1] if len(timings) > 1 else None, extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding.
+
+DECODE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPE_LABELS = {torch.float32: "fp32", torch.bfloat16: "bf16 weights", torch.float16: "fp16 weights"}
+# Generation runs without autocast: cast_for_decoding already put the weights in the dtype to compute in.
+NO_AUTOCAST = Precision(False, None, False)
+
+
+def decode_dtype(device: torch.device, choice: str = "auto") -> torch.dtype:
+    """The dtype generation casts the weights to, once (`ngpt chat` and `bench speed --decode` use it).
+
+    Generation casts the weights once instead of using autocast: autocast re-casts every weight
+    matrix on every step, and batch-1 decoding is bound by reading the weights (the matmuls are
+    ~2/3 of a step). Measured on a 2-core AVX512-BF16 CPU (V=16384 C=384 L=8, 256 + 256 tokens,
+    greedy): fp32 194 tokens/s, bf16 autocast 185, bf16 weights 260 (half the bytes per token).
+    So auto = bf16 weights where bf16 is native (CUDA with bf16, such CPUs), fp16 on older CUDA
+    GPUs, else fp32 (MPS included, as in training). Re-measure: `ngpt bench speed --decode --precision X`.
+    """
+    if choice not in DECODE_PRECISIONS:
+        raise ValueError(f"precision {choice!r} is not known; choose one of: {', '.join(DECODE_PRECISIONS)}")
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if choice == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if cuda_bf16 else torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    if choice == "bf16" and device.type == "cuda" and not cuda_bf16:
+        raise ValueError("--precision bf16 but this GPU does not support bf16; use fp16, fp32 or auto")
+    if choice == "fp16" and device.type == "cpu":
+        raise ValueError("--precision fp16 is not supported for CPU decoding (far slower than fp32); use bf16, fp32 or auto")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+def cast_for_decoding(model: GPT, dtype: torch.dtype) -> GPT:
+    """The model with its weights (and so its KV cache, which follows the keys) in `dtype`; run it with NO_AUTOCAST.
+
+    The RoPE tables are cast too: apply_rope casts them to the activations' dtype at every use anyway.
+    """
+    return model.to(dtype=dtype)
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """What to generate and how often; the CLI fills it from settings and flags."""
+
+    model: ModelSettings
+    device: torch.device
+    dtype: torch.dtype  # weights (see decode_dtype)
+    prompt_tokens: int = 256
+    new_tokens: int = 256
+    repeats: int = 3
+    uncached: bool = True  # also time --no-kv-cache generation (recomputes the whole sequence per token)
+    seed: int = 1337
+    compare: str | None = None  # None or one of COMPARE_CHOICES
+
+    def check(self) -> None:
+        """ValueError naming the flag, before any model is built."""
+        if self.compare is not None and self.compare not in COMPARE_CHOICES:
+            raise ValueError(f"--compare {self.compare!r} is not known; choose one of: {', '.join(COMPARE_CHOICES)}")
+        if self.prompt_tokens < 1 or self.new_tokens < 1 or self.repeats < 1:
+            raise ValueError("--prompt-tokens, --new-tokens and --repeats must each be at least 1")
+        if self.prompt_tokens + self.new_tokens > self.model.seq_len:
+            raise ValueError(
+                f"--prompt-tokens {self.prompt_tokens} + --new-tokens {self.new_tokens} = "
+                f"{self.prompt_tokens + self.new_tokens} exceeds the context --seq-len {self.model.seq_len}; "
+                "lower one of them or raise --seq-len"
+            )
+
+
+class SyntheticTokenizer:
+    """What Engine needs of a tokenizer for random ids: the vocabulary size, no end token, no text.
+
+    The benchmark times the model and the engine (forward, sampling, cache); random ids have no text
+    worth detokenizing, and no eot id means every run makes exactly `new_tokens`.
+    """
+
+    path = "synthetic ids"
+    eot_id = -1  # matches no id: generation always runs to max_new_tokens
+
+    def __init__(self, vocab_size: int) -> None:
+        self.vocab_size = vocab_size
+
+    def decode(self, ids: list[int]) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class DecodeTiming:
+    """Timed generations of one implementation (warm-up excluded)."""
+
+    name: str
+    new_tokens: int
+    run_s: tuple[float, ...]  # wall time of each whole generation
+    prefill_ms: tuple[float, ...] = ()  # ours only: the first step (prompt forward + first token)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / statistics.median(self.run_s)  # median: robust to a descheduled run
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """The tokens after the first over the time after the first step (medians); None without prefill times."""
+        if not self.prefill_ms or self.new_tokens < 2:
+            return None
+        return (self.new_tokens - 1) / (statistics.median(self.run_s) - statistics.median(self.prefill_ms) / 1e3)
+
+    def to_json(self) -> dict:
+        out = {
+            "tokens_per_s": round(self.tokens_per_s, 2),
+            "run_s": round(statistics.median(self.run_s), 6),
+            "run_s_best": round(min(self.run_s), 6),
+        }
+        if self.prefill_ms:
+            out["prefill_ms"] = round(statistics.median(self.prefill_ms), 3)
+            decode = self.decode_tokens_per_s
+            out["decode_tokens_per_s"] = None if decode is None else round(decode, 2)
+        return out
+
+
+@dataclass(frozen=True)
+class DecodeSpeedReport:
+    plan: DecodePlan
+    params: int
+    ours: DecodeTiming
+    uncached: DecodeTiming | None = None
+    transformers: DecodeTiming | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def kv_cache_speedup(self) -> float | None:
+        """Tokens/s with the KV cache over tokens/s without it."""
+        return None if self.uncached is None else self.ours.tokens_per_s / self.uncached.tokens_per_s
+
+    @property
+    def ratio(self) -> float | None:
+        """Our tokens/s over transformers' generate (> 1: ngpt is faster)."""
+        return None if self.transformers is None else self.ours.tokens_per_s / self.transformers.tokens_per_s
+
+    def to_json(self) -> dict:
+        p, m = self.plan, self.plan.model
+        out = {
+            "mode": "decode",
+            "config": {
+                "vocab_size": m.vocab_size, "seq_len": m.seq_len, "n_embd": m.n_embd, "n_layer": m.n_layer,
+                "n_head": m.n_head, "d_ff": resolved_d_ff(m), "batch_size": 1, "sampling": "greedy",
+                "prompt_tokens": p.prompt_tokens, "new_tokens": p.new_tokens, "repeats": p.repeats,
+            },
+            "params": self.params,
+            "device": str(p.device),
+            "device_name": device_name(p.device),
+            "threads": torch.get_num_threads(),
+            "precision": DTYPE_LABELS[p.dtype],
+            "ours": self.ours.to_json(),
+            **self.extra,
+        }
+        if self.uncached is not None:
+            out["ours_no_kv_cache"] = self.uncached.to_json()
+            out["kv_cache_speedup"] = round(self.kv_cache_speedup, 3)
+        if self.transformers is not None:
+            out["transformers"] = self.transformers.to_json()
+            out["ratio"] = round(self.ratio, 4)
+        return out
+
+
+def build_transformers_generator(plan: DecodePlan, prompt: Tensor) -> Callable[[int], None]:
+    """transformers' Llama of the plan's shapes and dtype; the callable generates n greedy tokens."""
+    config = llama_config(plan.model)  # first: it turns a missing transformers into a readable error
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    config.use_cache = True  # llama_config is for training; generation uses its KV cache
+    torch.manual_seed(plan.seed)
+    model = LlamaForCausalLM(config).to(device=plan.device, dtype=plan.dtype).eval()
+    # No eos id: like ours, every run makes exactly n tokens (and no min-length processor is needed).
+    model.generation_config = GenerationConfig(do_sample=False, pad_token_id=0, eos_token_id=None, use_cache=True)
+    mask = torch.ones_like(prompt)
+
+    def generate(n: int) -> None:
+        out = model.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=n, min_new_tokens=n)
+        if out.shape[1] != prompt.shape[1] + n:
+            raise RuntimeError(f"transformers generated {out.shape[1] - prompt.shape[1]} tokens, expected {n}")
+
+    return generate
+
+
+def run_decode_speed(plan: DecodePlan) -> DecodeSpeedReport:
+    """Time greedy batch-1 generation: ours with and without the KV cache, and transformers if asked."""
+    from ngpt.engine import Engine, SamplingParams  # the engine is only needed here
+
+    plan.check()
+    torch.manual_seed(plan.seed)
+    model = cast_for_decoding(GPT(plan.model), plan.dtype).to(plan.device).eval()
+    tok = SyntheticTokenizer(plan.model.vocab_size)
+    gen = torch.Generator().manual_seed(plan.seed)
+    prompt = torch.randint(0, plan.model.vocab_size, (1, plan.prompt_tokens), generator=gen)
+    ids = prompt[0].tolist()
+
+    def ours(engine: Engine) -> Callable[[int], float]:
+        def run(n: int) -> float:
+            return engine.generate(ids, SamplingParams(max_new_tokens=n, temperature=0)).prefill_ms
+
+        return run
+
+    runs: dict[str, Callable[[int], float | None]] = {"ngpt": ours(Engine(model, tok, plan.device, NO_AUTOCAST))}
+    if plan.uncached:
+        runs["ngpt --no-kv-cache"] = ours(Engine(model, tok, plan.device, NO_AUTOCAST, use_kv_cache=False))
+    extra = {"torch": torch.__version__}
+    if plan.compare == "transformers":
+        runs["transformers"] = build_transformers_generator(plan, prompt.to(plan.device))
+        import transformers
+
+        extra["transformers_version"] = transformers.__version__
+
+    for run in runs.values():  # warm-up: allocator, kernel selection, the full prompt once
+        run(min(2, plan.new_tokens))
+    run_s: dict[str, list[float]] = {name: [] for name in runs}
+    prefill_ms: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(plan.repeats):  # rounds in alternation: a noisy neighbour slows every implementation alike
+        for name, run in runs.items():
+            synchronize(plan.device)
+            t0 = time.perf_counter()
+            prefill = run(plan.new_tokens)
+            synchronize(plan.device)
+            run_s[name].append(time.perf_counter() - t0)
+            if prefill is not None:
+                prefill_ms[name].append(prefill)
+    timings = {name: DecodeTiming(name, plan.new_tokens, tuple(run_s[name]), tuple(prefill_ms[name])) for name in runs}
+    return DecodeSpeedReport(
+        plan, model.num_params(), timings["ngpt"], timings.get("ngpt --no-kv-cache"), timings.get("transformers"), extra
+    )

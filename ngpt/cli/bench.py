@@ -1,11 +1,13 @@
-"""`ngpt bench speed|sweep`: how fast training runs here; the overnight config sweep (not yet).
+"""`ngpt bench speed|sweep`: how fast training and generation run here; the overnight config sweep (not yet).
 
     ngpt bench speed --train
     ngpt bench speed --train --compare transformers --amp true --amp-dtype bf16
     ngpt bench speed --train --config configs/pretrain.json --micro-b 8 --compile
+    ngpt bench speed --decode --compare transformers                # 256 prompt + 256 new tokens, greedy
+    ngpt bench speed --decode --precision fp32 --threads 2 --no-uncached
 
 `speed` prints the plan, a result table, and as its LAST stdout line one JSON object (for scripts:
-`ngpt bench speed --train | tail -1 | jq .ours.tokens_per_s`).
+`ngpt bench speed --train | tail -1 | jq .ours.tokens_per_s`, `... --decode | tail -1 | jq .kv_cache_speedup`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ngpt.cli.common import ConfigOpt, PrintConfigOpt, resolve_settings
 from ngpt.console import console, error_panel, kv_table, table
 
 if TYPE_CHECKING:
-    from ngpt.bench.speed import SpeedPlan, TrainSpeedReport
+    from ngpt.bench.speed import DecodePlan, DecodeSpeedReport, SpeedPlan, TrainSpeedReport
 
 app = typer.Typer(no_args_is_help=True)
 
@@ -42,9 +44,19 @@ class AmpDtype(str, Enum):
     fp16 = "fp16"
 
 
+class DecodePrecision(str, Enum):  # ngpt.bench.speed.DECODE_PRECISIONS, kept here so --help imports no torch
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 @app.command()
 def speed(
     train: Annotated[bool, typer.Option("--train", help="Time full training steps (forward, backward, AdamW).")] = False,
+    decode: Annotated[
+        bool, typer.Option("--decode", help="Time batch-1 greedy generation, with and without the KV cache.")
+    ] = False,
     compare: Annotated[
         Optional[Compare], typer.Option(help="Also time this implementation of the same model, in the same run.")
     ] = None,
@@ -54,24 +66,37 @@ def speed(
     n_embd: Annotated[Optional[int], typer.Option(help="Width C (default model.n_embd).")] = None,
     n_layer: Annotated[Optional[int], typer.Option(help="Blocks L (default model.n_layer).")] = None,
     n_head: Annotated[Optional[int], typer.Option(help="Heads H (default model.n_head).")] = None,
-    micro_b: Annotated[int, typer.Option(min=1, help="Sequences per step (micro_B).")] = 4,
-    amp: Annotated[Optional[Amp], typer.Option(help="Autocast: auto | true | false (default pretrain.amp).")] = None,
-    amp_dtype: Annotated[
-        Optional[AmpDtype], typer.Option(help="Autocast dtype: auto | bf16 | fp16 (default pretrain.amp_dtype).")
-    ] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N | mps (default pretrain.device).")] = None,
-    warmup_steps: Annotated[int, typer.Option(min=0, help="Untimed steps first (allocator, kernels, compile).")] = 2,
-    steps: Annotated[int, typer.Option(min=1, help="Timed steps; the median step gives tokens/s.")] = 5,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
+    micro_b: Annotated[Optional[int], typer.Option(min=1, help="--train: sequences per step (micro_B) [default 4].")] = None,
+    amp: Annotated[Optional[Amp], typer.Option(help="--train: autocast auto | true | false (default pretrain.amp).")] = None,
+    amp_dtype: Annotated[
+        Optional[AmpDtype], typer.Option(help="--train: autocast dtype auto | bf16 | fp16 (default pretrain.amp_dtype).")
+    ] = None,
+    warmup_steps: Annotated[
+        Optional[int], typer.Option(min=0, help="--train: untimed steps first (allocator, kernels, compile) [default 2].")
+    ] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="--train: timed steps; the median gives tokens/s [default 5].")] = None,
     activation_checkpointing: Annotated[
         Optional[bool],
-        typer.Option("--activation-checkpointing/--no-activation-checkpointing", help="Recompute blocks in backward."),
+        typer.Option("--activation-checkpointing/--no-activation-checkpointing", help="--train: recompute blocks in backward."),
     ] = None,
     compile: Annotated[
-        Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model(s) (both, when comparing).")
+        Optional[bool], typer.Option("--compile/--no-compile", help="--train: torch.compile the model(s) (both, when comparing).")
+    ] = None,
+    precision: Annotated[
+        Optional[DecodePrecision],
+        typer.Option(help="--decode: weight dtype auto | fp32 | bf16 | fp16 (auto: what decodes fastest here) [default auto]."),
+    ] = None,
+    prompt_tokens: Annotated[Optional[int], typer.Option(min=1, help="--decode: prompt length [default 256].")] = None,
+    new_tokens: Annotated[Optional[int], typer.Option(min=1, help="--decode: tokens generated per run [default 256].")] = None,
+    repeats: Annotated[Optional[int], typer.Option(min=1, help="--decode: timed runs each; the median gives tokens/s [default 3].")] = None,
+    uncached: Annotated[
+        Optional[bool], typer.Option("--uncached/--no-uncached", help="--decode: also time without the KV cache [default on].")
     ] = None,
     print_config: PrintConfigOpt = False,
 ) -> None:
-    """Tokens/s and MFU (against a matmul peak measured here) of training steps on synthetic batches."""
+    """Tokens/s of training steps (with MFU against a matmul peak measured here) or of generation."""
     overrides = {
         "model": {"vocab_size": vocab_size, "seq_len": seq_len, "n_embd": n_embd, "n_layer": n_layer, "n_head": n_head},
         "pretrain": {
@@ -83,40 +108,73 @@ def speed(
         },
     }
     s = resolve_settings(config, None, overrides, print_config)
-    if not train:
-        # The mode flag is required so that `--decode` (the inference issue) can sit beside it.
-        error_panel("Say what to time: --train (full training steps). Decode speed lands with the inference issue.",
-                    "no mode")
+    if train == decode:
+        error_panel("Say what to time, one at a time: --train (full training steps) or --decode (generation).",
+                    "no mode" if not train else "two modes")
         raise typer.Exit(2)
-    from ngpt.bench.speed import SpeedPlan, run_train_speed  # torch: only when a benchmark runs
+    train_only = {"--micro-b": micro_b, "--amp": amp, "--amp-dtype": amp_dtype, "--warmup-steps": warmup_steps,
+                  "--steps": steps, "--activation-checkpointing": activation_checkpointing, "--compile": compile}
+    decode_only = {"--precision": precision, "--prompt-tokens": prompt_tokens, "--new-tokens": new_tokens,
+                   "--repeats": repeats, "--uncached": uncached}
+    wrong = [flag for flag, value in (decode_only if train else train_only).items() if value is not None]
+    if wrong:
+        mode, other = ("--train", "--decode") if train else ("--decode", "--train")
+        error_panel(f"{', '.join(wrong)} only apply to {other}; drop them from this {mode} run.", "flag for the other mode")
+        raise typer.Exit(2)
+    import torch  # only when a benchmark runs
+
     from ngpt.device import resolve_device, resolve_precision
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     t = s.pretrain
     dev = resolve_device(t.device)
-    plan = SpeedPlan(
-        model=s.model, device=dev, precision=resolve_precision(dev, t.amp, t.amp_dtype), micro_b=micro_b,
-        warmup_steps=warmup_steps, steps=steps, activation_checkpointing=t.activation_checkpointing,
-        compile=t.compile, lr=t.lr, weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed,
-        compare=compare.value if compare else None,
-    )
-    console.print(plan_table(plan))
-    with console.status(f"measuring the matmul peak, then timing {plan.warmup_steps} + {plan.steps} steps"):
-        report = run_train_speed(plan)
-    console.print(result_table(report))
+    if decode:
+        from ngpt.bench.speed import DecodePlan, decode_dtype, run_decode_speed
+
+        plan = DecodePlan(
+            model=s.model, device=dev, dtype=decode_dtype(dev, precision.value if precision else "auto"),
+            prompt_tokens=prompt_tokens or 256, new_tokens=new_tokens or 256, repeats=repeats or 3,
+            uncached=True if uncached is None else uncached, seed=t.seed, compare=compare.value if compare else None,
+        )
+        plan.check()
+        console.print(decode_plan_table(plan))
+        with console.status(f"timing {plan.repeats} generations of {plan.new_tokens} tokens each, per implementation"):
+            report = run_decode_speed(plan)
+        console.print(decode_result_table(report))
+    else:
+        from ngpt.bench.speed import SpeedPlan, run_train_speed
+
+        plan = SpeedPlan(
+            model=s.model, device=dev, precision=resolve_precision(dev, t.amp, t.amp_dtype), micro_b=micro_b or 4,
+            warmup_steps=2 if warmup_steps is None else warmup_steps, steps=steps or 5,
+            activation_checkpointing=t.activation_checkpointing, compile=t.compile, lr=t.lr,
+            weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, compare=compare.value if compare else None,
+        )
+        console.print(plan_table(plan))
+        with console.status(f"measuring the matmul peak, then timing {plan.warmup_steps} + {plan.steps} steps"):
+            report = run_train_speed(plan)
+        console.print(result_table(report))
     # Plain print, not Rich: the record must stay one unwrapped line, and the last one.
     print(json.dumps(report.to_json()), flush=True)
 
 
-def plan_table(plan: SpeedPlan) -> Table:
+def device_label(device) -> str:
     import torch
 
-    from ngpt.bench.speed import device_name, param_count
+    from ngpt.bench.speed import device_name
+
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    return f"{device} ({device_name(device)}){threads}"
+
+
+def plan_table(plan: SpeedPlan) -> Table:
+    from ngpt.bench.speed import param_count
     from ngpt.model import resolved_d_ff
 
     m = plan.model
     return kv_table("bench speed --train", {
-        "device": f"{plan.device} ({device_name(plan.device)})"
-        + (f", {torch.get_num_threads()} threads" if plan.device.type == "cpu" else ""),
+        "device": device_label(plan.device),
         "precision": plan.precision.label,
         "dims": f"V={m.vocab_size} T={m.seq_len} C={m.n_embd} L={m.n_layer} H={m.n_head} d_ff={resolved_d_ff(m)}",
         "params": param_count(m),
@@ -139,6 +197,40 @@ def result_table(report: TrainSpeedReport) -> Table:
         ("model", "tokens/s", "ms/step (median)", "ms/step (best)", "MFU", "ratio vs transformers"),
         [(name, t.tokens_per_s, 1e3 * t.median_step_s, 1e3 * t.best_step_s, f"{100 * t.mfu(peak):.1f}%",
           "-" if ratio is None else f"{ratio:.2f}×") for name, t, ratio in rows],
+    )
+
+
+def decode_plan_table(plan: DecodePlan) -> Table:
+    from ngpt.bench.speed import DTYPE_LABELS, param_count
+    from ngpt.model import resolved_d_ff
+
+    m = plan.model
+    return kv_table("bench speed --decode", {
+        "device": device_label(plan.device),
+        "precision": DTYPE_LABELS[plan.dtype],
+        "dims": f"V={m.vocab_size} T={m.seq_len} C={m.n_embd} L={m.n_layer} H={m.n_head} d_ff={resolved_d_ff(m)}",
+        "params": param_count(m),
+        "generation": f"batch 1, greedy, {plan.prompt_tokens} prompt tokens + {plan.new_tokens} new",
+        "runs": f"1 short warm-up (discarded) + {plan.repeats} timed, each implementation in turn",
+        "without KV cache": "timed too" if plan.uncached else "-",
+        "compare": plan.compare or "-",
+    })
+
+
+def decode_result_table(report: DecodeSpeedReport) -> Table:
+    import statistics
+
+    rows = [("ngpt", report.ours), ("ngpt, no KV cache", report.uncached), ("transformers", report.transformers)]
+    ours = report.ours.tokens_per_s
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.1f}"
+
+    return table(
+        "generation speed (new tokens / whole run, prefill included; median run)",
+        ("implementation", "tokens/s", "s/run", "prefill ms", "decode tokens/s", "ngpt speed-up"),
+        [(name, t.tokens_per_s, statistics.median(t.run_s), cell(statistics.median(t.prefill_ms)) if t.prefill_ms else "-",
+          cell(t.decode_tokens_per_s), f"{ours / t.tokens_per_s:.2f}") for name, t in rows if t is not None],
     )
 
 
