@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from ngpt.cli import bench, cache, demo, pending, primer, tokenizer, train
+from ngpt.cli import bench, cache, chat, demo, primer, serve, tokenizer, train
 from ngpt.cli import export as export_cli
 from ngpt.cli import hub as hub_cli
 from ngpt.console import error_panel
@@ -26,8 +26,8 @@ app.add_typer(tokenizer.app, name="tokenizer", help="Train and inspect the sente
 app.add_typer(cache.app, name="cache", help="Build and validate the sharded token caches.")
 app.add_typer(train.app, name="train", help="Pretrain, SFT, or both (pipeline).")
 app.add_typer(bench.app, name="bench", help="Benchmarks: speed, and the overnight config sweep.")
-app.add_typer(pending.chat_app, name="chat", help="Chat with a checkpoint in the terminal.")
-app.add_typer(pending.serve_app, name="serve", help="OpenAI-compatible HTTP server with a web page.")
+app.command("chat", help="Chat with a checkpoint in the terminal.")(chat.chat)
+app.command("serve", help="OpenAI-compatible HTTP server with a web page.")(serve.serve)
 app.add_typer(hub_cli.app, name="hub", help="Upload/download models to/from the Hugging Face hub.")
 app.add_typer(export_cli.app, name="export", help="Export a checkpoint (e.g. to Hugging Face transformers).")
 app.add_typer(primer.app, name="primer", help="Generate the primer SFT dialogues from facts.")

@@ -1,0 +1,14 @@
+"""ngpt serve: an OpenAI-compatible HTTP server for a checkpoint, with a chat page and a token inspector.
+
+    ngpt serve --ckpt checkpoints/best.pt                  # http://127.0.0.1:8000/ (needs the `serve` extra)
+
+    from ngpt.serve import ServeOptions, create_app        # the app itself, e.g. for tests
+    app = create_app(engine, ServeOptions(model_id="ngpt"))
+
+Modules: schemas.py (the OpenAI wire format and request validation), worker.py (the one thread that
+generates), app.py (routes, streaming, errors), static/ (the page: index.html, app.js, style.css).
+"""
+
+from ngpt.serve.app import ServeOptions, create_app
+
+__all__ = ["ServeOptions", "create_app"]

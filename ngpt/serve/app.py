@@ -1,0 +1,454 @@
+"""The HTTP server: OpenAI-compatible chat completions (plain and SSE-streamed), models, health, the web page.
+
+    from ngpt.serve import ServeOptions, create_app
+    app = create_app(engine, ServeOptions(model_id="ngpt-sft-step1200", api_key="secret"))
+    uvicorn.run(app, host="127.0.0.1", port=8000)          # what `ngpt serve --ckpt PATH` does
+
+Routes: POST /v1/chat/completions, GET /v1/models, GET /v1/models/{id}, GET /health, GET / (the chat
+page, static files from ngpt/serve/static). With an API key every /v1 route needs
+`Authorization: Bearer KEY`; /health and the page stay open (the page asks for the key).
+
+Every error is OpenAI's {"error": {message, type, param, code}}: 400 for a bad request (schemas.py
+says which fields exist), 401 without the key, 404/405 for unknown routes, 413 for a body over
+max_body_bytes, 503 when the wait queue is full or the worker is down, 500 for a fault. One worker
+thread generates for everyone (worker.py). A client that disconnects, from a stream or while
+waiting for a whole reply, cancels its generation before the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+
+import anyio
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ngpt.chat_format import prompt_ids
+from ngpt.device import resolve_device
+from ngpt.engine import Engine, SamplingParams, Step
+from ngpt.serve.schemas import (
+    ApiError,
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    Delta,
+    ModelCard,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+    parse_chat_request,
+)
+from ngpt.serve.worker import GenerationWorker, Job, ServerBusy, WorkerStopped
+from ngpt.settings import GenerationSettings
+from ngpt.train.checkpoint import find_checkpoint, load_for_inference
+from ngpt.tokenizer import SPACE_MARK, Tokenizer
+
+TRACE_TOP = 5  # alternatives per token the inspector shows
+# The page may only load what this server serves: no CDN, no inline script.
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:", "X-Content-Type-Options": "nosniff"}
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    model_id: str  # the name /v1/models lists and every response carries
+    api_key: str | None = None  # None = no authentication
+    max_tokens_cap: int | None = None  # the largest max_tokens a request may ask for; None = the model's context
+    max_body_bytes: int = 1_000_000
+    max_active: int = 8  # requests generating at once (round robin, one token each in turn)
+    max_waiting: int = 64  # requests queued behind them; more get 503
+    generation: GenerationSettings = field(default_factory=GenerationSettings)  # sampling a request leaves out
+    created: int = 0  # unix time the model was made (the checkpoint's mtime)
+
+
+class TokenTable:
+    """Display text and UTF-8 bytes of every id, for logprobs and the inspector (computed once)."""
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self.entries: list[tuple[str, list[int]]] = []
+        for i in range(tok.vocab_size):
+            piece = tok.piece(i)
+            if tok.is_byte(i):  # "<0xE2>": one byte (of a character split across tokens, if not ASCII)
+                byte = int(piece[3:5], 16)
+                self.entries.append((chr(byte) if 0x20 <= byte < 0x7F or byte in (9, 10) else piece, [byte]))
+            elif tok.sp.is_control(i) or tok.sp.is_unknown(i):  # <|eot|> etc.: shown, but no text
+                self.entries.append((piece, []))
+            else:
+                text = piece.replace(SPACE_MARK, " ")
+                self.entries.append((text, list(text.encode("utf-8"))))
+
+    def __getitem__(self, token_id: int) -> tuple[str, list[int]]:
+        if 0 <= token_id < len(self.entries):
+            return self.entries[token_id]
+        return f"<unused {token_id}>", []  # model vocab padded past the tokenizer's: never sampled
+
+
+class StopMatcher:
+    """Cuts the reply at the first stop string, holding back text that may be the start of one."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = stops
+        self.pending = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """(text safe to send now, whether a stop string was hit)."""
+        self.pending += text
+        hits = [i for s in self.stops if (i := self.pending.find(s)) >= 0]
+        if hits:
+            out, self.pending = self.pending[: min(hits)], ""
+            return out, True
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(out):]
+        return out, False
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+@dataclass
+class Piece:
+    """What one engine step adds to the reply on the wire."""
+
+    content: str
+    logprobs: list[TokenLogprob] | None
+    trace: dict | None
+    finish_reason: str | None  # "stop" or "length" on the last piece
+
+
+class ReplyBuilder:
+    """Turns engine steps into OpenAI pieces: stop strings, finish reasons, usage, logprobs, trace."""
+
+    def __init__(self, table: TokenTable, req: ChatCompletionRequest, prompt_tokens: int) -> None:
+        self.table = table
+        self.stop = StopMatcher(req.stops())
+        self.logprobs, self.top_logprobs, self.trace = bool(req.logprobs), req.top_logprobs or 0, bool(req.ngpt_trace)
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = 0
+        self.text: list[str] = []
+        self.all_logprobs: list[TokenLogprob] = []
+        self.all_trace: list[dict] = []
+        self.finish_reason: str | None = None
+
+    def add(self, step: Step) -> Piece:
+        self.completion_tokens += 1
+        content, hit = self.stop.push(step.text)
+        if step.finish_reason and not hit:
+            content += self.stop.flush()
+        finish = "stop" if hit or step.finish_reason == "eot" else "length" if step.finish_reason == "length" else None
+        logprobs = [self._logprob(step)] if self.logprobs else None
+        trace = self._trace(step) if self.trace else None
+        self.text.append(content)
+        self.all_logprobs += logprobs or []
+        if trace:
+            self.all_trace.append(trace)
+        self.finish_reason = finish
+        return Piece(content, logprobs, trace, finish)
+
+    def usage(self) -> Usage:
+        return Usage(prompt_tokens=self.prompt_tokens, completion_tokens=self.completion_tokens,
+                     total_tokens=self.prompt_tokens + self.completion_tokens)
+
+    def _logprob(self, step: Step) -> TokenLogprob:
+        text, raw = self.table[step.token_id]
+        tops = [TopLogprob(token=self.table[i][0], logprob=lp, bytes=self.table[i][1])
+                for i, lp in zip(step.top_ids[: self.top_logprobs], step.top_logprobs)]
+        return TokenLogprob(token=text, logprob=step.logprob, bytes=raw, top_logprobs=tops)
+
+    def _trace(self, step: Step) -> dict:
+        return {
+            "index": step.index, "id": step.token_id, "token": self.table[step.token_id][0],
+            "cache_len": step.cache_len, "step_ms": round(step.step_ms, 3), "logprob": step.logprob,
+            "top": [{"id": i, "token": self.table[i][0], "logprob": lp} for i, lp in zip(step.top_ids, step.top_logprobs)],
+        }
+
+
+def load_engine(ckpt: str | Path, device: str = "auto", precision: str = "auto") -> tuple[Engine, dict, Path, torch.dtype]:
+    """(Engine for the checkpoint, its state without weights, the .pt file, the weight dtype).
+
+    Weights are cast once to the decode dtype `ngpt chat` and `ngpt bench speed --decode` use
+    (ngpt.bench.speed.decode_dtype: precision auto = bf16 where bf16 is native, else fp32), and run
+    without autocast.
+    """
+    from ngpt.bench.speed import NO_AUTOCAST, cast_for_decoding, decode_dtype
+
+    path = find_checkpoint(ckpt)
+    dev = resolve_device(device)
+    dtype = decode_dtype(dev, precision)
+    model, tok, state = load_for_inference(path, "cpu")
+    return Engine(cast_for_decoding(model, dtype), tok, dev, NO_AUTOCAST), state, path, dtype
+
+
+# ---------------------------------------------------------------------------------------------
+# Request → prompt + sampling params.
+
+
+def request_prompt(tok: Tokenizer, req: ChatCompletionRequest) -> list[int]:
+    """The chat-template prompt; message text is encoded as plain text (a typed "<|eot|>" is no special id)."""
+    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+    return prompt_ids(tok, messages)
+
+
+def sampling_params(req: ChatCompletionRequest, prompt_tokens: int, seq_len: int, options: ServeOptions) -> SamplingParams:
+    """SamplingParams for a request; ApiError(400) when max_tokens is over the cap or the context is exceeded."""
+    cap = min(options.max_tokens_cap or seq_len, seq_len)
+    asked = req.max_new_tokens()
+    param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
+    room = seq_len - prompt_tokens
+    if asked is not None and asked > cap:
+        raise ApiError(400, f"{param}={asked} is above this server's cap of {cap}; ask for {cap} or fewer.",
+                       param=param, code="max_tokens_too_large")
+    if (asked or 1) > room:
+        raise ApiError(400, f"This model's maximum context length is {seq_len} tokens. However, you requested "
+                            f"{prompt_tokens + (asked or 1)} tokens ({prompt_tokens} in the messages, {asked or 1} in "
+                            "the completion). Shorten the messages (drop old turns) or lower max_tokens.",
+                       param="messages", code="context_length_exceeded")
+    gen = options.generation
+    return SamplingParams(
+        max_new_tokens=asked if asked is not None else min(gen.max_new_tokens, cap, room),
+        temperature=gen.temperature if req.temperature is None else req.temperature,
+        top_p=gen.top_p if req.top_p is None else req.top_p,
+        top_k=gen.top_k if req.top_k is None else req.top_k,
+        repetition_penalty=gen.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
+        seed=gen.seed if req.seed is None else req.seed,
+        trace=bool(req.logprobs or req.ngpt_trace),
+        top_alternatives=max(req.top_logprobs or 0, TRACE_TOP if req.ngpt_trace else 0),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Transport helpers.
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, or ApiError(413) as soon as it passes `limit` bytes (declared or actually sent)."""
+    too_large = ApiError(413, f"The request body is larger than this server's limit of {limit:,} bytes.",
+                         code="request_too_large")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Returns when the client hangs up (call after the body is read: ASGI's receive then only reports that)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def sse(obj: dict | str) -> str:
+    data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    return f"data: {data}\n\n"
+
+
+def error_body(e: BaseException) -> ApiError:
+    if isinstance(e, ApiError):
+        return e
+    if isinstance(e, WorkerStopped):
+        return ApiError(503, f"{e}; retry when the server is back.", code="server_unavailable", type="server_error")
+    return ApiError(500, f"Generation failed: {type(e).__name__}: {e}", code="generation_failed", type="server_error")
+
+
+class EventStream(StreamingResponse):
+    """An SSE response that notices a hang-up even between tokens and always runs `on_close`.
+
+    Starlette's own StreamingResponse may leave the body generator suspended when the client goes
+    away; here the generator is closed and `on_close` (cancel the job) runs on every exit.
+    """
+
+    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self._on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def watch() -> None:
+                    await self.listen_for_disconnect(receive)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(watch)
+                try:
+                    await self.stream_response(send)
+                except OSError:  # servers on ASGI spec 2.4 raise this when writing to a closed connection
+                    pass
+                tg.cancel_scope.cancel()
+        finally:
+            self._on_close()
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()
+
+
+# ---------------------------------------------------------------------------------------------
+# The app.
+
+
+def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
+    """The FastAPI app; its lifespan starts and stops the generation worker (app.state.worker)."""
+    worker = GenerationWorker(engine, options.max_active, options.max_waiting)
+    table = TokenTable(engine.tok)
+    seq_len = engine.model.cfg.seq_len
+    static = files("ngpt.serve").joinpath("static")
+    index_html = static.joinpath("index.html").read_text(encoding="utf-8")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker.start()
+        try:
+            yield
+        finally:
+            worker.stop()
+
+    # No /docs: FastAPI's docs page loads its scripts from a CDN.
+    app = FastAPI(title="ngpt serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.worker = worker
+    app.state.options = options
+    app.mount("/static", StaticFiles(packages=[("ngpt.serve", "static")]), name="static")
+
+    @app.exception_handler(ApiError)
+    async def on_api_error(request: Request, e: ApiError) -> JSONResponse:
+        return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        message = f"No route {request.method} {request.url.path}." if e.status_code in (404, 405) else str(e.detail)
+        return JSONResponse(ApiError(e.status_code, message, code=str(e.status_code)).body(), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_fault(request: Request, e: Exception) -> JSONResponse:
+        err = error_body(e)
+        return JSONResponse(err.body(), status_code=err.status)
+
+    def require_key(request: Request) -> None:
+        if options.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), options.api_key.encode()):
+            raise ApiError(401, "Missing or incorrect API key: send `Authorization: Bearer KEY` with the key this "
+                                "server was started with (--api-key).", code="invalid_api_key")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return Response(index_html, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        ok = worker.alive
+        return JSONResponse({"status": "ok" if ok else "unavailable", "model": options.model_id,
+                             "active": len(worker.active_jobs), "waiting": worker.waiting, "requests": dict(worker.counts)},
+                            status_code=200 if ok else 503)
+
+    card = ModelCard(id=options.model_id, created=options.created)
+
+    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    async def list_models() -> dict:
+        return {"object": "list", "data": [card.to_dict()]}
+
+    @app.get("/v1/models/{model_id:path}", dependencies=[Depends(require_key)])
+    async def get_model(model_id: str) -> dict:
+        if model_id != options.model_id:
+            raise ApiError(404, f"The model {model_id!r} does not exist; this server serves {options.model_id!r}.",
+                           param="model", code="model_not_found")
+        return card.to_dict()
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
+    async def chat_completions(request: Request) -> Response:
+        req = parse_chat_request(await read_body(request, options.max_body_bytes))
+        prompt = request_prompt(engine.tok, req)
+        params = sampling_params(req, len(prompt), seq_len, options)
+        try:
+            job = worker.submit(prompt, params)
+        except ValueError as e:  # Engine.check: anything the checks above did not already catch
+            raise ApiError(400, str(e), param="messages") from None
+        except ServerBusy as e:
+            raise ApiError(503, f"The server is busy: {e}.", code="server_busy", type="server_error") from None
+        meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": options.model_id}
+        reply = ReplyBuilder(table, req, len(prompt))
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return EventStream(stream_events(job, reply, meta, include_usage), on_close=job.cancel)
+        return await whole_reply(request, job, reply, meta)
+
+    return app
+
+
+async def run_job(job: Job, reply: ReplyBuilder) -> AsyncIterator[Piece]:
+    """The job's pieces up to the finishing one; cancels the job when a stop string ends it early."""
+    try:
+        async for step in job.steps():
+            piece = reply.add(step)
+            yield piece
+            if piece.finish_reason:
+                return
+    finally:
+        job.cancel()  # a no-op when the engine finished; stops it when a stop string or the client ended it
+
+
+async def stream_events(job: Job, reply: ReplyBuilder, meta: dict, include_usage: bool) -> AsyncIterator[str]:
+    def chunk(choices: list[ChunkChoice], **extra) -> str:
+        return sse(ChatCompletionChunk(**meta, choices=choices, **extra).to_dict())
+
+    yield chunk([ChunkChoice(delta=Delta(role="assistant", content=""))])
+    try:
+        async for piece in run_job(job, reply):
+            if piece.content or piece.logprobs or piece.trace:
+                logprobs = ChoiceLogprobs(content=piece.logprobs) if piece.logprobs is not None else None
+                ngpt = {"tokens": [piece.trace]} if piece.trace else None
+                yield chunk([ChunkChoice(delta=Delta(content=piece.content), logprobs=logprobs)], ngpt=ngpt)
+    except Exception as e:  # noqa: BLE001 - the headers are sent: an error event is all a client can get now
+        yield sse(error_body(e).body())
+        return
+    yield chunk([ChunkChoice(delta=Delta(), finish_reason=reply.finish_reason)])
+    if include_usage:
+        yield chunk([], usage=reply.usage())
+    yield sse("[DONE]")
+
+
+async def whole_reply(request: Request, job: Job, reply: ReplyBuilder, meta: dict) -> Response:
+    """Generate to the end, unless the client hangs up first (then the job is cancelled)."""
+
+    async def collect() -> None:
+        async for _ in run_job(job, reply):
+            pass
+
+    generating = asyncio.ensure_future(collect())
+    hang_up = asyncio.ensure_future(wait_for_disconnect(request))
+    try:
+        await asyncio.wait({generating, hang_up}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        job.cancel()  # a no-op when it finished
+        hang_up.cancel()
+        generating.cancel()
+    if not generating.done() or generating.cancelled():  # the client left: nobody will read this
+        return Response(status_code=499)
+    if generating.exception() is not None:
+        raise error_body(generating.exception())
+    logprobs = ChoiceLogprobs(content=reply.all_logprobs) if reply.logprobs else None
+    choice = Choice(message=AssistantMessage(content="".join(reply.text)), logprobs=logprobs,
+                    finish_reason=reply.finish_reason)
+    ngpt = {"tokens": reply.all_trace} if reply.trace else None
+    return JSONResponse(ChatCompletion(**meta, choices=[choice], usage=reply.usage(), ngpt=ngpt).to_dict())
