@@ -13,6 +13,7 @@ Device: cuda > mps > cpu. Precision (`amp` = auto|true|false, `amp_dtype` = auto
 
 from __future__ import annotations
 
+import platform
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -79,6 +80,27 @@ def resolve_precision(device: torch.device, amp: str = "auto", amp_dtype: str = 
         return Precision(True, torch.bfloat16, False)
     return Precision(False, None, False)
 
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "mps":
+        return "Apple GPU (MPS)"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_label(device: torch.device) -> str:
+    """'cpu (Intel Xeon ...), 2 threads' / 'cuda:0 (NVIDIA H100 ...)': for the tables commands print."""
+    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
+    return f"{device} ({device_name(device)}){threads}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,12 +24,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ngpt.chat_format import prompt_ids
-from ngpt.device import Precision, resolve_precision
+from ngpt.device import Precision, cpu_has_native_bf16, resolve_device, resolve_precision
 from ngpt.model import GPT, apply_rope
 from ngpt.settings import GenerationSettings
 from ngpt.tokenizer import Tokenizer
@@ -459,3 +460,60 @@ class Engine:
         if "attention" in probe:
             out["attention"] = probe["attention"].tolist()
         return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference precision and loading.
+
+DECODE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DTYPE_LABELS = {torch.float32: "fp32", torch.bfloat16: "bf16 weights", torch.float16: "fp16 weights"}
+# Generation runs without autocast: cast_for_decoding already put the weights in the dtype to compute in.
+NO_AUTOCAST = Precision(False, None, False)
+
+
+def decode_dtype(device: torch.device, choice: str = "auto") -> torch.dtype:
+    """The dtype generation casts the weights to, once (`ngpt chat` and `bench speed --decode` use it).
+
+    Generation casts the weights once instead of using autocast: autocast re-casts every weight
+    matrix on every step, and batch-1 decoding is bound by reading the weights (the matmuls are
+    ~2/3 of a step). Measured on a 2-core AVX512-BF16 CPU (V=16384 C=384 L=8, 256 + 256 tokens,
+    greedy): fp32 194 tokens/s, bf16 autocast 185, bf16 weights 260 (half the bytes per token).
+    So auto = bf16 weights where bf16 is native (CUDA with bf16, such CPUs), fp16 on older CUDA
+    GPUs, else fp32 (MPS included, as in training). Re-measure: `ngpt bench speed --decode --precision X`.
+    """
+    if choice not in DECODE_PRECISIONS:
+        raise ValueError(f"precision {choice!r} is not known; choose one of: {', '.join(DECODE_PRECISIONS)}")
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if choice == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if cuda_bf16 else torch.float16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    if choice == "bf16" and device.type == "cuda" and not cuda_bf16:
+        raise ValueError("--precision bf16 but this GPU does not support bf16; use fp16, fp32 or auto")
+    if choice == "fp16" and device.type == "cpu":
+        raise ValueError("--precision fp16 is not supported for CPU decoding (far slower than fp32); use bf16, fp32 or auto")
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+
+
+def cast_for_decoding(model: GPT, dtype: torch.dtype) -> GPT:
+    """The model with its weights (and so its KV cache, which follows the keys) in `dtype`; run it with NO_AUTOCAST.
+
+    The RoPE tables are cast too: apply_rope casts them to the activations' dtype at every use anyway.
+    """
+    return model.to(dtype=dtype)
+
+
+def load_engine(
+    ckpt: str | Path, device: str = "auto", precision: str = "auto", *, use_kv_cache: bool = True
+) -> tuple[Engine, dict, Path, torch.dtype]:
+    """(Engine for a checkpoint file or folder, its state without weights, the .pt file, the weight dtype).
+
+    What `ngpt chat`, `ngpt serve` and `ngpt demo` load: weights cast once to decode_dtype, no autocast.
+    """
+    from ngpt.train.checkpoint import find_checkpoint, load_for_inference
+
+    path = find_checkpoint(ckpt)
+    dev = resolve_device(device)
+    dtype = decode_dtype(dev, precision)
+    model, tok, state = load_for_inference(path, "cpu")
+    return Engine(cast_for_decoding(model, dtype), tok, dev, NO_AUTOCAST, use_kv_cache=use_kv_cache), state, path, dtype

@@ -15,23 +15,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ngpt.device import measure_matmul_peak
 from ngpt.bench.speed import (
-    NO_AUTOCAST,
     DecodePlan,
     SpeedPlan,
     SyntheticTokenizer,
     TrainStep,
     build_ngpt,
     build_transformers_llama,
-    cast_for_decoding,
-    decode_dtype,
     llama_config,
     synthetic_batch,
 )
 from ngpt.cli.bench import app
-from ngpt.device import Precision
-from ngpt.engine import Engine, SamplingParams
+from ngpt.device import Precision, measure_matmul_peak
+from ngpt.engine import NO_AUTOCAST, Engine, SamplingParams, cast_for_decoding, decode_dtype
 from ngpt.model import GPT
 from ngpt.settings import ModelSettings
 

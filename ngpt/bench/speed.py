@@ -28,7 +28,6 @@ and (unless `uncached=False`) without it, and with `compare="transformers"` tran
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -37,7 +36,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ngpt.device import MatmulPeak, Precision, cpu_has_native_bf16, measure_matmul_peak, synchronize
+from ngpt.device import MatmulPeak, Precision, device_name, measure_matmul_peak, synchronize
+from ngpt.engine import DTYPE_LABELS, NO_AUTOCAST, cast_for_decoding, decode_dtype
 from ngpt.model import GPT, resolved_d_ff
 from ngpt.settings import ModelSettings
 from ngpt.train.optim import make_optimizer
@@ -146,21 +146,6 @@ class TrainSpeedReport:
             out["transformers"] = self.transformers.to_json(self.peak.flops_per_s)
             out["ratio"] = round(self.ratio, 4)
         return out
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "mps":
-        return "Apple GPU (MPS)"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def param_count(cfg: ModelSettings) -> int:
@@ -298,44 +283,6 @@ def run_train_speed(plan: SpeedPlan) -> TrainSpeedReport:
 
 # ---------------------------------------------------------------------------------------------
 # Decoding.
-
-DECODE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DTYPE_LABELS = {torch.float32: "fp32", torch.bfloat16: "bf16 weights", torch.float16: "fp16 weights"}
-# Generation runs without autocast: cast_for_decoding already put the weights in the dtype to compute in.
-NO_AUTOCAST = Precision(False, None, False)
-
-
-def decode_dtype(device: torch.device, choice: str = "auto") -> torch.dtype:
-    """The dtype generation casts the weights to, once (`ngpt chat` and `bench speed --decode` use it).
-
-    Generation casts the weights once instead of using autocast: autocast re-casts every weight
-    matrix on every step, and batch-1 decoding is bound by reading the weights (the matmuls are
-    ~2/3 of a step). Measured on a 2-core AVX512-BF16 CPU (V=16384 C=384 L=8, 256 + 256 tokens,
-    greedy): fp32 194 tokens/s, bf16 autocast 185, bf16 weights 260 (half the bytes per token).
-    So auto = bf16 weights where bf16 is native (CUDA with bf16, such CPUs), fp16 on older CUDA
-    GPUs, else fp32 (MPS included, as in training). Re-measure: `ngpt bench speed --decode --precision X`.
-    """
-    if choice not in DECODE_PRECISIONS:
-        raise ValueError(f"precision {choice!r} is not known; choose one of: {', '.join(DECODE_PRECISIONS)}")
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if choice == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if cuda_bf16 else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
-    if choice == "bf16" and device.type == "cuda" and not cuda_bf16:
-        raise ValueError("--precision bf16 but this GPU does not support bf16; use fp16, fp32 or auto")
-    if choice == "fp16" and device.type == "cpu":
-        raise ValueError("--precision fp16 is not supported for CPU decoding (far slower than fp32); use bf16, fp32 or auto")
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
-
-
-def cast_for_decoding(model: GPT, dtype: torch.dtype) -> GPT:
-    """The model with its weights (and so its KV cache, which follows the keys) in `dtype`; run it with NO_AUTOCAST.
-
-    The RoPE tables are cast too: apply_rope casts them to the activations' dtype at every use anyway.
-    """
-    return model.to(dtype=dtype)
-
 
 @dataclass(frozen=True)
 class DecodePlan:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from ngpt.cli.common import ConfigOpt, PrintConfigOpt, resolve_settings
+from ngpt.cli.common import ConfigOpt, DecodePrecision, PrintConfigOpt, resolve_settings
 from ngpt.console import console, error_panel, kv_table, table
 
 if TYPE_CHECKING:
@@ -40,13 +40,6 @@ class Amp(str, Enum):
 
 class AmpDtype(str, Enum):
     auto = "auto"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class DecodePrecision(str, Enum):  # ngpt.bench.speed.DECODE_PRECISIONS, kept here so --help imports no torch
-    auto = "auto"
-    fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
 
@@ -130,7 +123,8 @@ def speed(
     t = s.pretrain
     dev = resolve_device(t.device)
     if decode:
-        from ngpt.bench.speed import DecodePlan, decode_dtype, run_decode_speed
+        from ngpt.bench.speed import DecodePlan, run_decode_speed
+        from ngpt.engine import decode_dtype
 
         plan = DecodePlan(
             model=s.model, device=dev, dtype=decode_dtype(dev, precision.value if precision else "auto"),
@@ -159,17 +153,9 @@ def speed(
     print(json.dumps(report.to_json()), flush=True)
 
 
-def device_label(device) -> str:
-    import torch
-
-    from ngpt.bench.speed import device_name
-
-    threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
-    return f"{device} ({device_name(device)}){threads}"
-
-
 def plan_table(plan: SpeedPlan) -> Table:
     from ngpt.bench.speed import param_count
+    from ngpt.device import device_label
     from ngpt.model import resolved_d_ff
 
     m = plan.model
@@ -201,7 +187,9 @@ def result_table(report: TrainSpeedReport) -> Table:
 
 
 def decode_plan_table(plan: DecodePlan) -> Table:
-    from ngpt.bench.speed import DTYPE_LABELS, param_count
+    from ngpt.bench.speed import param_count
+    from ngpt.device import device_label
+    from ngpt.engine import DTYPE_LABELS
     from ngpt.model import resolved_d_ff
 
     m = plan.model

@@ -25,8 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 import typer
 from rich.console import Console
 
-from ngpt.cli.bench import DecodePrecision
-from ngpt.cli.common import ConfigOpt, PrintConfigOpt, resolve_settings
+from ngpt.cli.common import ConfigOpt, DecodePrecision, PrintConfigOpt, resolve_settings
 from ngpt.console import console, err_console, error_panel, kv_table
 
 if TYPE_CHECKING:
@@ -134,19 +133,13 @@ def chat(
 
     import torch  # heavy imports only once a chat really starts: `ngpt --help` stays fast
 
-    from ngpt.bench.speed import DTYPE_LABELS, NO_AUTOCAST, cast_for_decoding, decode_dtype
-    from ngpt.cli.bench import device_label
-    from ngpt.device import resolve_device
-    from ngpt.engine import Engine, SamplingParams
-    from ngpt.train.checkpoint import find_checkpoint, load_for_inference
+    from ngpt.device import device_label
+    from ngpt.engine import DTYPE_LABELS, SamplingParams, load_engine
 
     if threads is not None:
         torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    dtype = decode_dtype(dev, precision.value)
-    path = find_checkpoint(ckpt)
-    model, tok, state = load_for_inference(path, "cpu")
-    engine = Engine(cast_for_decoding(model, dtype), tok, dev, NO_AUTOCAST, use_kv_cache=not no_kv_cache)
+    engine, state, path, dtype = load_engine(ckpt, device, precision.value, use_kv_cache=not no_kv_cache)
+    model, tok, dev = engine.model, engine.tok, engine.device
     params = SamplingParams.from_settings(settings.generation)
     seq_len = model.cfg.seq_len
     capped = ""

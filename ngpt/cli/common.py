@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -21,6 +22,13 @@ SourceOpt = Annotated[
     typer.Option("--source", help="NAME=PATH: read source NAME from a local file/dir in the hub's schema. Repeatable."),
 ]
 PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved settings as JSON and exit.")]
+
+
+class DecodePrecision(str, Enum):  # ngpt.engine.DECODE_PRECISIONS, kept here so --help imports no torch
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
 def resolve_settings(

@@ -34,8 +34,7 @@ def demo(
     from ngpt.chat_format import prompt_ids
     from ngpt.cli.main import app
     from ngpt.demo_corpus import write_notes
-    from ngpt.engine import Engine, SamplingParams
-    from ngpt.train.checkpoint import load_for_inference
+    from ngpt.engine import SamplingParams, load_engine
     from ngpt.train.report import read_metrics
 
     for needed in (FACTS, PRIMER, config):
@@ -72,11 +71,10 @@ def demo(
 
     evals = [r for r in read_metrics(workdir / "runs" / "demo-pretrain" / "metrics.jsonl") if "val_pretrain_loss" in r]
     sft_evals = [r for r in read_metrics(workdir / "runs" / "demo-sft" / "metrics.jsonl") if "val_sft_loss" in r]
-    model, tok, state = load_for_inference(workdir / "checkpoints" / "best.pt")
+    engine = load_engine(workdir / "checkpoints" / "best.pt")[0]
     settings = load_settings(demo_cfg)
-    engine = Engine(model, tok)
     messages = [{"role": "user", "content": prompt}]
-    result = engine.generate(prompt_ids(tok, messages), SamplingParams.from_settings(settings.generation))
+    result = engine.generate(prompt_ids(engine.tok, messages), SamplingParams.from_settings(settings.generation))
     console.print(table("learning", ("curve", "first eval", "last eval"), [
         ("val_pretrain_loss (pretrain)", f"{evals[0]['val_pretrain_loss']:.3f}", f"{evals[-1]['val_pretrain_loss']:.3f}"),
         ("val_sft_loss (sft)", f"{sft_evals[0]['val_sft_loss']:.3f}", f"{sft_evals[-1]['val_sft_loss']:.3f}"),

@@ -16,8 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ngpt.cli.bench import DecodePrecision
-from ngpt.cli.common import ConfigOpt
+from ngpt.cli.common import ConfigOpt, DecodePrecision
 from ngpt.console import console, kv_table
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -44,13 +43,14 @@ def serve(
     try:  # heavy imports only once serving really starts: `ngpt --help` stays fast
         import uvicorn
 
-        from ngpt.serve.app import ServeOptions, create_app, load_engine
+        from ngpt.engine import load_engine
+        from ngpt.serve.app import ServeOptions, create_app
     except ImportError as e:
         raise RuntimeError(f"`ngpt serve` needs the serve extra ({e.name} is not installed): pip install -e \".[serve]\"") from None
     import torch
 
-    from ngpt.bench.speed import DTYPE_LABELS
-    from ngpt.cli.bench import device_label
+    from ngpt.device import device_label
+    from ngpt.engine import DTYPE_LABELS
     from ngpt.settings import load_settings
 
     api_key = api_key or None  # an empty NGPT_API_KEY means no key, not the empty key

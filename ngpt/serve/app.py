@@ -29,14 +29,12 @@ from importlib.resources import files
 from pathlib import Path
 
 import anyio
-import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ngpt.chat_format import prompt_ids
-from ngpt.device import resolve_device
 from ngpt.engine import Engine, SamplingParams, Step
 from ngpt.serve.schemas import (
     ApiError,
@@ -56,7 +54,6 @@ from ngpt.serve.schemas import (
 )
 from ngpt.serve.worker import GenerationWorker, Job, ServerBusy, WorkerStopped
 from ngpt.settings import GenerationSettings
-from ngpt.train.checkpoint import find_checkpoint, load_for_inference
 from ngpt.tokenizer import SPACE_MARK, Tokenizer
 
 TRACE_TOP = 5  # alternatives per token the inspector shows
@@ -177,22 +174,6 @@ class ReplyBuilder:
             "cache_len": step.cache_len, "step_ms": round(step.step_ms, 3), "logprob": step.logprob,
             "top": [{"id": i, "token": self.table[i][0], "logprob": lp} for i, lp in zip(step.top_ids, step.top_logprobs)],
         }
-
-
-def load_engine(ckpt: str | Path, device: str = "auto", precision: str = "auto") -> tuple[Engine, dict, Path, torch.dtype]:
-    """(Engine for the checkpoint, its state without weights, the .pt file, the weight dtype).
-
-    Weights are cast once to the decode dtype `ngpt chat` and `ngpt bench speed --decode` use
-    (ngpt.bench.speed.decode_dtype: precision auto = bf16 where bf16 is native, else fp32), and run
-    without autocast.
-    """
-    from ngpt.bench.speed import NO_AUTOCAST, cast_for_decoding, decode_dtype
-
-    path = find_checkpoint(ckpt)
-    dev = resolve_device(device)
-    dtype = decode_dtype(dev, precision)
-    model, tok, state = load_for_inference(path, "cpu")
-    return Engine(cast_for_decoding(model, dtype), tok, dev, NO_AUTOCAST), state, path, dtype
 
 
 # ---------------------------------------------------------------------------------------------
