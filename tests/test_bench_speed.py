@@ -62,11 +62,9 @@ def test_speed_train_prints_tables_then_json_last():
     assert "transformers" not in record and "ratio" not in record
 
 
-def test_speed_without_mode_or_sweep_exits_2():
+def test_speed_without_a_single_mode_exits_2():
     assert CliRunner().invoke(app, ["speed", *TINY]).exit_code == 2
     assert CliRunner().invoke(app, ["speed", "--train", "--decode", *TINY]).exit_code == 2
-    result = CliRunner().invoke(app, ["sweep", "--anything"])
-    assert result.exit_code == 2 and "not implemented" in result.output
 
 
 def test_print_config_shows_flags_and_exits_0():

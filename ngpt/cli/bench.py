@@ -20,6 +20,7 @@ import typer
 from rich.table import Table
 
 from ngpt.cli.common import ConfigOpt, DecodePrecision, PrintConfigOpt, resolve_settings
+from ngpt.cli.sweep import sweep as sweep_cmd
 from ngpt.console import console, error_panel, kv_table, table
 
 if TYPE_CHECKING:
@@ -222,8 +223,4 @@ def decode_result_table(report: DecodeSpeedReport) -> Table:
     )
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def sweep() -> None:
-    """(not implemented yet: the bench sweep issue)"""
-    error_panel("`ngpt bench sweep` is not implemented yet; it lands with the bench sweep issue.", "not implemented")
-    raise typer.Exit(2)
+app.command("sweep")(sweep_cmd)
