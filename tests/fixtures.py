@@ -244,3 +244,37 @@ def write_all_sources(dir: str | Path) -> dict[str, Path]:
         "oasst1": write_oasst_jsonl(dir),
         "primer": write_primer_jsonl(dir),
     }
+
+
+# ---------------------------------------------------------------- a whole tiny workspace
+
+
+def ngpt_cli(*args) -> int:
+    """Exit code of `ngpt ARGS` run in-process (click exits via SystemExit; main exits 1 on user errors)."""
+    from ngpt.cli.main import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def write_workspace(ws: Path, tokenizer_path: Path, model: dict, phase: dict) -> Path:
+    """Fixture sources + `tokenizer_path` + every cache built by `ngpt cache build-all`; returns the config file."""
+    sources = {k: str(v) for k, v in write_all_sources(ws / "src").items()}
+    config = {
+        "model": model,
+        "tokenizer": {"model_path": str(tokenizer_path)},
+        "data": {"cache_dir": str(ws / "cache"), "mix_pretrain": {"wikitext": 0.5, "gutenberg": 0.5},
+                 "mix_sft": {"primer": 0.5, "dolly15k": 0.3, "oasst1": 0.2}, "sources": sources,
+                 "sft_max_tokens": 33, "val_fraction": 0.3, "workers": 1},
+        "pretrain": phase,
+        "sft": phase,
+        "checkpoints_dir": str(ws / "ckpt"),
+        "runs_dir": str(ws / "runs"),
+    }
+    path = ws / "config.json"
+    path.write_text(json.dumps(config))
+    assert ngpt_cli("cache", "build-all", "-c", path) == 0
+    return path

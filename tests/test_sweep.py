@@ -20,7 +20,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fixtures import write_all_sources
+from fixtures import ngpt_cli, write_workspace
 from ngpt.bench.sweep import (
     ConfigOutcome,
     DeviceInfo,
@@ -52,16 +52,6 @@ PHASE = {"micro_batch": 2, "accum_steps": 2, "eval_every": 3, "ckpt_every": 3, "
          "warmup_steps": 2, "amp": "false", "device": "cpu", "total_steps": 6}
 
 
-def ngpt_cli(*args) -> int:
-    from ngpt.cli.main import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
 def write_grid(path: Path, entries: list) -> Path:
     path.write_text(json.dumps(entries))
     return path
@@ -69,24 +59,8 @@ def write_grid(path: Path, entries: list) -> Path:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_tokenizer_path) -> Path:
-    """Fixture sources + the tiny tokenizer + every cache (`ngpt cache build-all`); returns the config file."""
-    ws = tmp_path_factory.mktemp("ws")
-    sources = {k: str(v) for k, v in write_all_sources(ws / "src").items()}
-    config = {
-        "model": {"vocab_size": 512, "seq_len": 32, "n_embd": 32, "n_layer": 1, "n_head": 2},
-        "tokenizer": {"model_path": str(tiny_tokenizer_path)},
-        "data": {"cache_dir": str(ws / "cache"), "mix_pretrain": {"wikitext": 0.5, "gutenberg": 0.5},
-                 "mix_sft": {"primer": 0.5, "dolly15k": 0.3, "oasst1": 0.2}, "sources": sources,
-                 "sft_max_tokens": 33, "val_fraction": 0.3, "workers": 1},
-        "pretrain": PHASE,
-        "sft": PHASE,
-        "checkpoints_dir": str(ws / "ckpt"),
-        "runs_dir": str(ws / "runs"),
-    }
-    path = ws / "config.json"
-    path.write_text(json.dumps(config))
-    assert ngpt_cli("cache", "build-all", "-c", path) == 0
-    return path
+    """Fixture sources + the tiny tokenizer + every cache built by `ngpt cache build-all`; returns the config."""
+    return write_workspace(tmp_path_factory.mktemp("ws"), tiny_tokenizer_path, {"vocab_size": 512, "seq_len": 32, "n_embd": 32, "n_layer": 1, "n_head": 2}, PHASE)
 
 
 def sweep_plan(out: Path, grid: Path, base: Path | None = None, **over) -> SweepPlan:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fixtures import write_all_sources
+from fixtures import ngpt_cli, write_workspace
 from ngpt.model import GPT
 from ngpt.settings import ModelSettings, load_settings
 from ngpt.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -28,36 +28,10 @@ PHASE = {"micro_batch": 2, "accum_steps": 2, "eval_every": 3, "ckpt_every": 3, "
          "warmup_steps": 2, "amp": "false", "device": "cpu", "total_steps": 6}
 
 
-def ngpt_cli(*args) -> int:
-    from ngpt.cli.main import main
-
-    try:
-        main([str(a) for a in args])
-    except SystemExit as e:
-        return int(e.code or 0)
-    return 0
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory, tiny_tokenizer_path) -> Path:
     """Fixture sources + the tiny tokenizer + every cache built by `ngpt cache build-all`; returns the config."""
-    ws = tmp_path_factory.mktemp("ws")
-    sources = {k: str(v) for k, v in write_all_sources(ws / "src").items()}
-    config = {
-        "model": TINY_MODEL,
-        "tokenizer": {"model_path": str(tiny_tokenizer_path)},
-        "data": {"cache_dir": str(ws / "cache"), "mix_pretrain": {"wikitext": 0.5, "gutenberg": 0.5},
-                 "mix_sft": {"primer": 0.5, "dolly15k": 0.3, "oasst1": 0.2}, "sources": sources,
-                 "sft_max_tokens": 33, "val_fraction": 0.3, "workers": 1},
-        "pretrain": PHASE,
-        "sft": PHASE,
-        "checkpoints_dir": str(ws / "ckpt"),
-        "runs_dir": str(ws / "runs"),
-    }
-    path = ws / "config.json"
-    path.write_text(json.dumps(config))
-    assert ngpt_cli("cache", "build-all", "-c", path) == 0
-    return path
+    return write_workspace(tmp_path_factory.mktemp("ws"), tiny_tokenizer_path, TINY_MODEL, PHASE)
 
 
 def settings_for(config: Path, tmp_path: Path, **phase_overrides):
