@@ -109,7 +109,7 @@ class DataSettings(_Section):
     shard_bytes: int = Field(64 * 2**20, ge=1024, description="Shard file size in bytes.")
     sft_max_tokens: int = Field(512, ge=2, description="SFT examples longer than this are left-truncated.")
     seed: int = Field(1337, description="Seed for splits, sampling and caches.")
-    workers: int = Field(0, ge=0, description="Tokenizer worker processes (0 = all cores).")
+    workers: int = Field(0, ge=0, description="Tokenizer processes (0 = all cores; the builder itself is one of them).")
 
     @field_validator("mix_pretrain")
     @classmethod

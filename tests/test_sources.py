@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+from pathlib import Path
 
 import pytest
 from fixtures import (
@@ -27,9 +29,10 @@ from fixtures import (
 
 from ngpt.settings import ALL_SOURCES, load_settings
 from ngpt.sources import SOURCES, iter_texts, make_source
-from ngpt.sources.base import Conversation, Document, SourceDataError, SourceUnavailable, split_of
+from ngpt.sources.base import SPLITS, Conversation, Document, Source, SourceDataError, SourceUnavailable, only, split_of
 from ngpt.sources.gutenberg import MAX_CHUNK_CHARS, chunk_text, strip_gutenberg
-from ngpt.sources.tables import carve
+from ngpt.sources import tables
+from ngpt.sources.tables import carve_tagged, table_rows
 from ngpt.sources.wikitext import TOP_HEADING
 
 HUB_SOURCES = ("wikitext", "fineweb_edu", "gutenberg", "dolly15k", "oasst1")
@@ -93,6 +96,67 @@ def test_local_fixture_gives_disjoint_deterministic_nonempty_splits(fixture_path
     assert [r for r, _ in texts] == refs(first["val"]) and all(t.strip() for _, t in texts)
 
 
+# Where each source reads a file: (module, function); the first argument names the file.
+READERS = {
+    "wikitext": ("ngpt.sources.wikitext", "file_rows"),
+    "gutenberg": ("ngpt.sources.gutenberg", "read_text"),
+    "roam": ("ngpt.sources.roam", "read_text"),
+    "dolly15k": ("ngpt.sources.dolly15k", "table_rows"),
+    "oasst1": ("ngpt.sources.oasst1", "table_rows"),
+    "primer": ("ngpt.sources.primer", "read_chat_jsonl"),
+}
+
+
+def count_reads(monkeypatch, name) -> list[str]:
+    """The files `name` opens from now on, one entry per read, in order."""
+    module, attr = READERS[name]
+    real = getattr(importlib.import_module(module), attr)
+    reads: list[str] = []
+
+    def counted(*args, **kwargs):
+        reads.append(str(next(a for a in args if isinstance(a, Path))))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(f"{module}.{attr}", counted)
+    return reads
+
+
+def split_layouts(fixture_paths, tmp_path):
+    """(name, path) per source fixture, plus the layouts whose files name their splits."""
+    layouts = [(n, fixture_paths[n]) for n in ALL_SOURCES if n != "fineweb_edu"]
+    oasst = tmp_path / "oasst-by-split"
+    oasst.mkdir()
+    for split in ("train", "validation"):
+        (oasst / f"oasst1-{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in oasst_rows()))
+    return layouts + [("wikitext", write_wikitext_raw_dir(tmp_path)), ("oasst1", oasst)]
+
+
+def test_iter_tagged_gives_iter_split_items_reading_each_file_once(fixture_paths, tmp_path, monkeypatch):
+    for name, path in split_layouts(fixture_paths, tmp_path):
+        src = make_source(name, settings_for(sources={name: path}))
+        splits = both_splits(src)
+        reads = count_reads(monkeypatch, name)
+        tagged = list(src.iter_tagged())
+        assert {split: [item for side, item in tagged if side == split] for split in SPLITS} == splits, (name, path)
+        assert splits["train"] and splits["val"]
+        assert reads and sorted(reads) == sorted(set(reads)), f"{name} at {path} read a file twice: {reads}"
+        monkeypatch.undo()
+
+
+def test_iter_tagged_default_is_train_then_val():
+    class TwoLists(Source):
+        name, kind, origin = "wikitext", "pretrain", "test"
+
+        def check(self):
+            pass
+
+        def iter_split(self, split):
+            return iter([Document(f"{split}{i}", "text") for i in range(2)])
+
+    assert [(s, d.ref) for s, d in TwoLists().iter_tagged()] == [
+        ("train", "train0"), ("train", "train1"), ("val", "val0"), ("val", "val1")]
+
+
 def test_fineweb_streams_rows_with_ids_and_budgets(fixture_paths, tmp_path):
     s = settings_for(sources={"fineweb_edu": fixture_paths["fineweb_edu"]}, fineweb_val_tokens=1000, fineweb_train_tokens=5000)
     src = make_source("fineweb_edu", s)
@@ -103,6 +167,8 @@ def test_fineweb_streams_rows_with_ids_and_budgets(fixture_paths, tmp_path):
     assert [r for r, _ in iter_texts(src)] == [d.ref for d in docs]
     with pytest.raises(NotImplementedError):
         next(src.iter_split("train"))
+    with pytest.raises(NotImplementedError):
+        next(src.iter_tagged())
     # Same rows as parquet (the hub's own format) give the same documents.
     pq_src = make_source("fineweb_edu", settings_for(sources={"fineweb_edu": write_fineweb_parquet(tmp_path)}))
     pq_src.check()
@@ -306,8 +372,28 @@ def test_broken_jsonl_row_names_the_file(tmp_path):
     path.write_text(json.dumps(dolly_rows()[0]) + "\n{not json\n")
     src = make_source("dolly15k", settings_for(sources={"dolly15k": path}))
     src.check()  # the first row is fine; the break is found while reading
-    with pytest.raises(SourceDataError, match=rf"cannot read {path}"):
+    with pytest.raises(SourceDataError, match=rf"cannot read {path} near line 2 \(row 1\)"):
         list(src.iter_split("train"))
+
+
+def test_local_table_rows_are_the_rows_datasets_gives(tmp_path, monkeypatch):
+    """Local files are read without `datasets` (it is slow to import and per row); the rows must not differ."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import load_dataset
+
+    rows = [{"id": i, "text": f"row {i} " * (1 + i % 7), "rank": None if i % 3 else i / 2, "deleted": i % 4 == 0} for i in range(50)]
+    jsonl = tmp_path / "rows.jsonl"
+    lines = [json.dumps({k: v for k, v in r.items() if not (k == "rank" and v is None)}) for r in rows]  # keys left out
+    jsonl.write_text("\n".join(lines[:10]) + "\n\n  \n" + "\n".join(lines[10:]) + "\n", encoding="utf-8")  # blank lines
+    parquet = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet, row_group_size=7)
+    columns = ("text", "rank", "deleted", "id", "not_there")
+    monkeypatch.setattr(tables, "PARQUET_BATCH_BYTES", 200)  # a few rows per batch: batches and row groups cut apart
+    for path, builder in ((jsonl, "json"), (parquet, "parquet")):
+        expected = [{c: r.get(c) for c in columns} for r in load_dataset(builder, data_files=str(path), split="train", streaming=True)]
+        assert list(table_rows("test", path, columns)) == list(enumerate(expected)), path
+        assert len(expected) == 50 and expected[1]["rank"] is None and expected[3]["rank"] == 1.5
 
 
 @pytest.mark.parametrize("name", HUB_SOURCES)
@@ -328,14 +414,16 @@ def test_hub_origin_names_repo_and_config():
 
 def test_carve_is_deterministic_disjoint_and_never_leaves_a_split_empty():
     items = [(f"key-{i}", i) for i in range(40)]
-    train, val = list(carve(items, "train", 0.25, 7)), list(carve(items, "val", 0.25, 7))
-    assert sorted(train + val) == list(range(40)) and not set(train) & set(val)
-    assert val == [i for k, i in items if split_of(k, 0.25, 7) == "val"]
+    tagged = list(carve_tagged(items, 0.25, 7))  # one pass, both splits, input order kept
+    assert [i for _, i in tagged] == list(range(40)) and tagged == list(carve_tagged(items, 0.25, 7))
+    assert [i for s, i in tagged if s == "val"] == [i for k, i in items if split_of(k, 0.25, 7) == "val"]
+    assert 0 < len(list(only(tagged, "val"))) < 40
     for fraction in (1e-9, 1 - 1e-9):  # every key hashes to one side: the last item moves over
         for n in (2, 3):
-            t, v = list(carve(items[:n], "train", fraction, 0)), list(carve(items[:n], "val", fraction, 0))
-            assert t and v and sorted(t + v) == list(range(n))
-    assert list(carve(items[:1], "train", 1e-9, 0)) == [0]
+            sides = [s for s, _ in carve_tagged(items[:n], fraction, 0)]
+            assert sorted(set(sides)) == ["train", "val"] and sides[-1] != sides[0]
+    assert list(carve_tagged(items[:1], 1e-9, 0)) == [("train", 0)]
+    assert [s for s, _ in carve_tagged(items[:2], 1e-9, 0)] == ["train", "val"]
 
 
 # ---------------------------------------------------------------- the real public samples (../shared/data)

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import multiprocessing
 import os
@@ -22,6 +23,7 @@ from ngpt.chat_format import IGNORE_INDEX, render
 from ngpt.settings import load_settings
 from ngpt.sources.base import Conversation, Document, Source
 from ngpt.tokcache import PretrainReader, SFTReader, SplitWriter, build_source, dtype_for_vocab, encode_pool, validate
+from ngpt.tokcache import build as tokcache_build
 from ngpt.tokcache.encode_pool import CHUNK_ITEMS
 from ngpt.tokenizer import SourceSample, SpecialTokenInText, Tokenizer, train_tokenizer
 
@@ -167,6 +169,34 @@ def test_builds_are_byte_identical_across_runs_and_worker_counts(tmp_path, tiny_
         trees.append(tree_bytes(tmp_path / f"run{run}" / "cache"))
     assert trees[0] == trees[1] == trees[2] == trees[3]
     assert "pretrain/wikitext/meta.json" in trees[0] and "sft/oasst1/val/offsets_00000.bin" in trees[0]
+
+
+class InterleavedSource(ListSource):
+    """Both splits in one read with val items scattered among train items, as carved sources give them."""
+
+    def iter_tagged(self):
+        train, val = iter(self.splits["train"]), iter(self.splits["val"])
+        for i, item in enumerate(train):
+            yield "train", item
+            if i % 5 == 2 and (v := next(val, None)) is not None:
+                yield "val", v
+        yield from (("val", v) for v in val)
+
+
+def test_one_read_of_both_splits_writes_each_split_as_its_own_read_would(tmp_path, tiny_tokenizer, tiny_tokenizer_path, monkeypatch):
+    dropped = Conversation("drop-me too", [{"role": "assistant", "content": "hey"}, {"role": "user", "content": synthetic_text(40, seed=3)}])
+    trees = []
+    for run, (cls, workers) in enumerate(((ListSource, 1), (InterleavedSource, 1), (InterleavedSource, 2))):
+        # Chunks of a few items each, so one chunk holds both splits and splits straddle chunks.
+        monkeypatch.setattr(tokcache_build, "chunked", functools.partial(encode_pool.chunked, max_items=7))
+        settings = make_settings(tmp_path / f"run{run}", tiny_tokenizer_path, workers=workers, sft_max_tokens=64)
+        build_source(settings, cls("wikitext", "pretrain", pretrain_source().splits), tiny_tokenizer)
+        sft = sft_source().splits
+        meta = build_source(settings, cls("oasst1", "sft", {"train": sft["train"], "val": sft["val"] + [dropped]}), tiny_tokenizer)
+        assert [meta["splits"][s]["num_dropped"] for s in ("train", "val")] == [1, 1]
+        assert [meta["splits"][s]["num_examples"] for s in ("train", "val")] == [40, 5]
+        trees.append(tree_bytes(tmp_path / f"run{run}" / "cache"))
+    assert trees[0] == trees[1] == trees[2]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -329,7 +359,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads worker pids from /proc (Linux)")
 def test_build_killed_mid_way_leaves_no_cache_and_rerun_completes(tmp_path, tiny_tokenizer, tiny_tokenizer_path):
     settings = make_settings(tmp_path, tiny_tokenizer_path)
-    overrides = {"data": {"cache_dir": settings.data.cache_dir, "shard_bytes": 1024, "workers": 2},
+    overrides = {"data": {"cache_dir": settings.data.cache_dir, "shard_bytes": 1024, "workers": 3},
                  "tokenizer": {"model_path": str(tiny_tokenizer_path)}}
     proc = subprocess.Popen(
         [sys.executable, "-c", KILLED_BUILD, json.dumps(overrides)],
@@ -346,7 +376,7 @@ def test_build_killed_mid_way_leaves_no_cache_and_rerun_completes(tmp_path, tiny
             assert time.monotonic() < deadline, "the build never started writing shards"
             time.sleep(0.02)
         workers = [int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
-        assert len(workers) == 2
+        assert len(workers) == 2  # 3 tokenizing processes: the builder itself and 2 pool processes
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -7,6 +7,9 @@ unreachable hub fails the command up front with a message that says how to fix i
 
 Splits are "train" and "val". A source with one split of its own carves val deterministically
 (`split_of`: a hash of a stable key, so the same document always lands on the same side).
+`iter_tagged()` gives both splits in one read, each item tagged with its split (what the cache
+builder uses: a source that carves val reads and prepares its data once, not once per split);
+`iter_split(split)` gives the same items of one split, in the same order.
 A *streamed* source (fineweb-edu) has one endless stream instead: the cache builder takes its
 val budget of tokens from the start of the stream, then its train budget from what follows.
 """
@@ -16,13 +19,14 @@ from __future__ import annotations
 import hashlib
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 SPLITS: tuple[str, ...] = ("train", "val")
 Split = Literal["train", "val"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,13 @@ class Source(ABC):
         """Documents or conversations of one split, in a deterministic order."""
         raise NotImplementedError(f"source {self.name} is streamed; use iter_stream()")
 
+    def iter_tagged(self) -> Iterator[tuple[Split, Document | Conversation]]:
+        """(split, item) for the items of both splits; filtered by split, the same items in the same
+        order as iter_split. This default reads train, then val; sources that carve val override it
+        to read their data once."""
+        for split in SPLITS:
+            yield from ((split, item) for item in self.iter_split(split))
+
     def iter_stream(self) -> Iterator[Document]:
         """Streamed sources only: one deterministic stream; the builder cuts val then train from it."""
         raise NotImplementedError(f"source {self.name} is not streamed; use iter_split()")
@@ -74,6 +85,11 @@ class Source(ABC):
     def token_budgets(self) -> dict[str, int | None]:
         """Tokens to take per split (None = everything)."""
         return {s: None for s in SPLITS}
+
+
+def only(tagged: Iterable[tuple[Split, T]], split: Split) -> Iterator[T]:
+    """The items of one split from (split, item) pairs."""
+    return (item for side, item in tagged if side == split)
 
 
 def split_of(key: str, val_fraction: float, seed: int = 0) -> Split:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ngpt.sources.base import Conversation, Split, local_files
+from ngpt.sources.base import Conversation, Split, local_files, only
 from ngpt.sources.tables import TABLE_EXTS, HubOrLocal, check_columns, hub_rows, table_rows
 
 COLUMNS = ("instruction", "context", "response")
@@ -49,13 +49,16 @@ class Dolly15k(HubOrLocal):
         if self.path is None:
             yield from ((f"{self.hub} row {i}", row) for i, row in enumerate(hub_rows(self.hub, "train")))
         else:
-            yield from ((f"{f} row {i}", row) for f in self._files() for i, row in table_rows(self.name, f))
+            yield from ((f"{f} row {i}", row) for f in self._files() for i, row in table_rows(self.name, f, COLUMNS + ("category",)))
 
-    def iter_split(self, split: Split) -> Iterator[Conversation]:
+    def iter_tagged(self) -> Iterator[tuple[Split, Conversation]]:
         def keyed() -> Iterator[tuple[str, Conversation]]:
             for n, (where, row) in enumerate(self._rows()):
                 messages = to_messages(row)
                 if messages is not None:
                     yield str(n), Conversation(where + (f" ({row['category']})" if row.get("category") else ""), messages)
 
-        yield from self.carve(keyed(), split)
+        return self.carve_tagged(keyed())
+
+    def iter_split(self, split: Split) -> Iterator[Conversation]:
+        return only(self.iter_tagged(), split)

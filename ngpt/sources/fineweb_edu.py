@@ -43,7 +43,7 @@ class FinewebEdu(HubOrLocal):
         if self.path is None:
             rows = ((f"{self.hub} row {i}", row) for i, row in enumerate(hub_rows(self.hub, "train")))
         else:
-            rows = ((f"{f} row {i}", row) for f in self._files() for i, row in table_rows(self.name, f))
+            rows = ((f"{f} row {i}", row) for f in self._files() for i, row in table_rows(self.name, f, ("text", "id")))
         for where, row in rows:
             if row["text"]:
                 yield Document(str(row.get("id") or where), row["text"])

@@ -23,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ngpt.sources.base import Conversation, Split, local_files
+from ngpt.sources.base import Conversation, Split, local_files, only
 from ngpt.sources.tables import TABLE_EXTS, HubOrLocal, check_columns, hub_rows, split_files, table_rows
 
 COLUMNS = ("message_id", "parent_id", "text", "role", "lang", "deleted", "rank", "message_tree_id")
@@ -96,8 +96,20 @@ class Oasst1(HubOrLocal):
         files = self._files()
         by_split = split_files(self.name, self.path, files)
         if by_split is not None:
-            rows = (row for f in by_split[split] for _, row in table_rows(self.name, f))
+            rows = (row for f in by_split[split] for _, row in table_rows(self.name, f, COLUMNS))
             yield from (conv for _, conv in self._conversations(rows, self.path))
             return
-        rows = (row for f in files for _, row in table_rows(self.name, f))
-        yield from self.carve(self._conversations(rows, self.path), split)
+        yield from only(self._carved(files), split)
+
+    def iter_tagged(self) -> Iterator[tuple[Split, Conversation]]:
+        if self.path is not None:
+            files = self._files()
+            if split_files(self.name, self.path, files) is None:
+                yield from self._carved(files)
+                return
+        yield from super().iter_tagged()  # separate hub splits or split files: nothing is read twice
+
+    def _carved(self, files: list[Path]) -> Iterator[tuple[Split, Conversation]]:
+        """The message trees in all `files`, carved into train/val by message_tree_id."""
+        rows = (row for f in files for _, row in table_rows(self.name, f, COLUMNS))
+        return self.carve_tagged(self._conversations(rows, self.path))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from ngpt.chat_format import ChatFormatError, read_chat_jsonl
 from ngpt.settings import Settings
-from ngpt.sources.base import Conversation, Source, SourceDataError, Split, local_files
-from ngpt.sources.tables import carve
+from ngpt.sources.base import Conversation, Source, SourceDataError, Split, local_files, only
+from ngpt.sources.tables import carve_tagged
 
 
 class Primer(Source):
@@ -51,5 +51,8 @@ class Primer(Source):
         if sum(1 for _ in self._conversations()) == 0:  # reads every line: a bad one fails here
             raise SourceDataError(f"Source 'primer': {self.path} holds no conversations; run `ngpt primer generate`.")
 
+    def iter_tagged(self) -> Iterator[tuple[Split, Conversation]]:
+        return carve_tagged(self._conversations(), self.settings.data.val_fraction, self.settings.data.seed)
+
     def iter_split(self, split: Split) -> Iterator[Conversation]:
-        yield from carve(self._conversations(), split, self.settings.data.val_fraction, self.settings.data.seed)
+        return only(self.iter_tagged(), split)

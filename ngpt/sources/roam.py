@@ -13,8 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ngpt.settings import Settings
-from ngpt.sources.base import Document, Source, SourceDataError, Split, local_files
-from ngpt.sources.tables import carve, read_text
+from ngpt.sources.base import Document, Source, SourceDataError, Split, local_files, only
+from ngpt.sources.tables import carve_tagged, read_text
 
 
 class Roam(Source):
@@ -40,7 +40,7 @@ class Roam(Source):
     def check(self) -> None:
         self._files()
 
-    def iter_split(self, split: Split) -> Iterator[Document]:
+    def iter_tagged(self) -> Iterator[tuple[Split, Document]]:
         def keyed() -> Iterator[tuple[str, Document]]:
             for f in self._files():
                 rel = f.name if f == self.path else f.relative_to(self.path).as_posix()
@@ -48,4 +48,7 @@ class Roam(Source):
                 if text.strip():
                     yield rel, Document(str(f), text)
 
-        yield from carve(keyed(), split, self.settings.data.val_fraction, self.settings.data.seed)
+        return carve_tagged(keyed(), self.settings.data.val_fraction, self.settings.data.seed)
+
+    def iter_split(self, split: Split) -> Iterator[Document]:
+        return only(self.iter_tagged(), split)

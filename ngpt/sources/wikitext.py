@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ngpt.sources.base import Document, Split, local_files
+from ngpt.sources.base import Document, Split, local_files, only
 from ngpt.sources.tables import TABLE_EXTS, HubOrLocal, check_columns, hub_rows, is_table, split_files, text_lines, table_rows
 
 # " = Title = " opens an article; " = = Section = = " (a title starting with "=") does not.
@@ -55,7 +55,7 @@ def articles(rows: Iterable[str], where: str) -> Iterator[tuple[str, Document]]:
 
 def file_rows(file: Path) -> Iterator[str]:
     if is_table(file):
-        return (row["text"] or "" for _, row in table_rows("wikitext", file))
+        return (row["text"] or "" for _, row in table_rows("wikitext", file, ("text",)))
     # Raw files hold blank lines as " \n"; the hub rows hold them as "" (same join rule then).
     return (line if line.strip() else "" for line in text_lines("wikitext", file))
 
@@ -88,5 +88,16 @@ class WikiText(HubOrLocal):
             for f in by_split[split]:
                 yield from (doc for _, doc in articles(file_rows(f), str(f)))
             return
-        keyed = (item for f in files for item in articles(file_rows(f), str(f)))
-        yield from self.carve(keyed, split)
+        yield from only(self._carved(files), split)
+
+    def iter_tagged(self) -> Iterator[tuple[Split, Document]]:
+        if self.path is not None:
+            files = self._files()
+            if split_files(self.name, self.path, files) is None:
+                yield from self._carved(files)
+                return
+        yield from super().iter_tagged()  # separate hub splits or split files: nothing is read twice
+
+    def _carved(self, files: list[Path]) -> Iterator[tuple[Split, Document]]:
+        """One split of rows in all `files`, carved into train/val by article title."""
+        return self.carve_tagged(item for f in files for item in articles(file_rows(f), str(f)))

@@ -4,8 +4,9 @@
     meta = build_source(settings, make_source("wikitext", settings), tok)
 
 Pretrain documents become `encode(text) + [<|eot|>]`; SFT conversations become
-`render_example(...)` (None → dropped and counted). A streamed source is read once: its val
-budget of tokens comes first, then its train budget, then reading stops. Everything is written
+`render_example(...)` (None → dropped and counted). Every source is read once: `iter_tagged()`
+gives both splits in one pass, each item going to its own split's writer; a streamed source gives
+its val budget of tokens first, then its train budget, then reading stops. Everything is written
 in `{cache}/{phase}/.{source}.tmp-<pid>` and renamed into place after meta.json, so a killed
 build leaves no cache, and the next build removes the dead build's temp dir. No clock or pid is
 written into the cache: the same inputs and seed give byte-identical directories.
@@ -46,49 +47,63 @@ class _Sink:
     def full(self) -> bool:
         return self.budget is not None and self.writer.num_tokens >= self.budget
 
-    def take(self, enc: Encoded, first: int) -> int:
-        """Write kept items `first..` of `enc` until the budget is met; the index of the first one not taken."""
-        lengths = enc.lengths[first:]
+    def take(self, tokens: np.ndarray, lengths: np.ndarray, mask: np.ndarray | None) -> int:
+        """Write items (cut by `lengths`) from the front until the budget is met; how many were taken."""
         ends = np.cumsum(lengths)
         count = len(lengths)
         if self.budget is not None:
             room = self.budget - self.writer.num_tokens
             count = min(count, int(np.searchsorted(ends, room, side="left")) + 1)
-        start = int(enc.lengths[:first].sum())
-        stop = start + (int(ends[count - 1]) if count else 0)
+        stop = int(ends[count - 1]) if count else 0
         if self.writer.sft:
-            self.writer.add_examples(enc.tokens[start:stop], enc.mask[start:stop], lengths[:count])
+            self.writer.add_examples(tokens[:stop], mask[:stop], lengths[:count])
         else:
             # The budget is exact in tokens: the last document is cut (and its tail never reused).
             if self.budget is not None:
-                stop = min(stop, start + self.budget - self.writer.num_tokens)
-            self.writer.add_documents(enc.tokens[start:stop], lengths[:count])
-        return first + count
+                stop = min(stop, self.budget - self.writer.num_tokens)
+            self.writer.add_documents(tokens[:stop], lengths[:count])
+        return count
 
 
 class _Counts:
     """Items read and tokens written so far for the whole source (what the progress bar shows)."""
 
-    def __init__(self, progress: ProgressFn | None):
+    def __init__(self, sinks: dict[str, _Sink], progress: ProgressFn | None):
+        self.sinks = sinks
         self.progress = progress
         self.items = 0
-        self.tokens = 0
+
+    def add(self, enc: Encoded) -> None:
+        self.items += enc.items
+        if self.progress is not None:
+            self.progress(self.items, sum(s.writer.num_tokens for s in self.sinks.values()))
 
 
-def _fill(sinks: list[_Sink], results: Iterator[Encoded], counts: _Counts) -> None:
-    """Route items in order to the first sink that is not full; stop reading when all are full."""
+def _fill_by_split(sinks: dict[str, _Sink], results: Iterator[Encoded], counts: _Counts) -> None:
+    """Route each item to the sink of its split; stop reading when every sink is full."""
     with contextlib.closing(results):
         for enc in results:
-            before = sum(s.writer.num_tokens for s in sinks)
+            for k, split in enumerate(SPLITS):
+                sinks[split].dropped += int(enc.dropped[k])
+                if not sinks[split].full:
+                    sinks[split].take(*enc.of_split(split))
+            counts.add(enc)
+            if all(s.full for s in sinks.values()):
+                return
+
+
+def _fill_in_order(sinks: list[_Sink], results: Iterator[Encoded], counts: _Counts) -> None:
+    """A stream: items in order to the first sink that is not full; stop reading when all are full."""
+    with contextlib.closing(results):
+        for enc in results:
+            tokens, lengths, mask = enc.tokens, enc.lengths, enc.mask
             open_sinks = [s for s in sinks if not s.full]
-            open_sinks[0].dropped += enc.dropped  # only SFT drops, and SFT sources have one sink per read
-            i = 0
+            open_sinks[0].dropped += int(enc.dropped.sum())  # (only SFT drops, and no SFT source is streamed)
             for sink in open_sinks:
-                i = sink.take(enc, i)
-            counts.items += enc.items
-            counts.tokens += sum(s.writer.num_tokens for s in sinks) - before
-            if counts.progress is not None:
-                counts.progress(counts.items, counts.tokens)
+                taken = sink.take(tokens, lengths, mask)
+                cut = int(lengths[:taken].sum())
+                tokens, lengths, mask = tokens[cut:], lengths[taken:], None if mask is None else mask[cut:]
+            counts.add(enc)
             if all(s.full for s in sinks):
                 return
 
@@ -159,14 +174,16 @@ def build_source(settings: Settings, source: Source, tok: Tokenizer, progress: P
             for split in SPLITS
         }
         job = EncodeJob(str(tok.path), tok.sha256, source.name, source.kind, data.sft_max_tokens, dtype.name)
-        counts = _Counts(progress)
+        counts = _Counts(sinks, progress)
         with EncodePool(job, resolved_workers(settings), tok) as pool:
             if source.streamed:
-                # One stream: val first (a fixed, reproducible slice from the start), then train.
-                _fill([sinks["val"], sinks["train"]], pool.map(chunked(source.iter_stream())), counts)
+                # One stream: val first (a fixed, reproducible slice from the start), then train; the
+                # budgets route it, so the tag means nothing here.
+                stream = (("train", doc) for doc in source.iter_stream())
+                _fill_in_order([sinks["val"], sinks["train"]], pool.map(chunked(stream)), counts)
             else:
-                for split in SPLITS:
-                    _fill([sinks[split]], pool.map(chunked(source.iter_split(split))), counts)
+                # Both splits in one read of the source, each item to its own split's writer.
+                _fill_by_split(sinks, pool.map(chunked(source.iter_tagged())), counts)
         build_args: dict = {
             "origin": source.origin,
             "streamed": source.streamed,
