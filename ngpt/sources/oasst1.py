@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ngpt.sources.base import Conversation, Split, local_files, only
-from ngpt.sources.tables import TABLE_EXTS, HubOrLocal, check_columns, hub_rows, split_files, table_rows
+from ngpt.sources.tables import TABLE_EXTS, SplitFilesOrCarved, check_columns, hub_rows, split_files, table_rows
 
 COLUMNS = ("message_id", "parent_id", "text", "role", "lang", "deleted", "rank", "message_tree_id")
 HUB_SPLITS = {"train": "train", "val": "validation"}
@@ -68,7 +68,7 @@ def threads(rows: Iterable[dict], lang: str) -> Iterator[tuple[str, list[dict]]]
             yield root["message_tree_id"], messages
 
 
-class Oasst1(HubOrLocal):
+class Oasst1(SplitFilesOrCarved):
     name = "oasst1"
     kind = "sft"
 
@@ -100,14 +100,6 @@ class Oasst1(HubOrLocal):
             yield from (conv for _, conv in self._conversations(rows, self.path))
             return
         yield from only(self._carved(files), split)
-
-    def iter_tagged(self) -> Iterator[tuple[Split, Conversation]]:
-        if self.path is not None:
-            files = self._files()
-            if split_files(self.name, self.path, files) is None:
-                yield from self._carved(files)
-                return
-        yield from super().iter_tagged()  # separate hub splits or split files: nothing is read twice
 
     def _carved(self, files: list[Path]) -> Iterator[tuple[Split, Conversation]]:
         """The message trees in all `files`, carved into train/val by message_tree_id."""

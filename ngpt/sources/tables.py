@@ -53,6 +53,25 @@ class HubOrLocal(Source):
         return carve_tagged(items, self.settings.data.val_fraction, self.settings.data.seed)
 
 
+
+class SplitFilesOrCarved(HubOrLocal):
+    """A hub source with train/val splits whose local copy either names its splits in file names or
+    holds one split that is carved into train/val (wikitext, oasst1)."""
+
+    def _files(self) -> list[Path]:
+        raise NotImplementedError
+
+    def _carved(self, files: list[Path]) -> Iterator[tuple[Split, object]]:
+        raise NotImplementedError
+
+    def iter_tagged(self) -> Iterator[tuple[Split, object]]:
+        if self.path is not None:
+            files = self._files()
+            if split_files(self.name, self.path, files) is None:
+                yield from self._carved(files)
+                return
+        yield from super().iter_tagged()  # separate hub splits or split files: nothing is read twice
+
 def parse_hub(spec: str) -> tuple[str, str | None]:
     """'repo' or 'repo:config' → (repo, config or None)."""
     repo, _, config = spec.partition(":")

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from ngpt.sources.base import Document, Split, local_files, only
-from ngpt.sources.tables import TABLE_EXTS, HubOrLocal, check_columns, hub_rows, is_table, split_files, text_lines, table_rows
+from ngpt.sources.tables import TABLE_EXTS, SplitFilesOrCarved, check_columns, hub_rows, is_table, split_files, text_lines, table_rows
 
 # " = Title = " opens an article; " = = Section = = " (a title starting with "=") does not.
 TOP_HEADING = re.compile(r"^ = ([^=].*?) = $")
@@ -60,7 +60,7 @@ def file_rows(file: Path) -> Iterator[str]:
     return (line if line.strip() else "" for line in text_lines("wikitext", file))
 
 
-class WikiText(HubOrLocal):
+class WikiText(SplitFilesOrCarved):
     name = "wikitext"
     kind = "pretrain"
 
@@ -89,14 +89,6 @@ class WikiText(HubOrLocal):
                 yield from (doc for _, doc in articles(file_rows(f), str(f)))
             return
         yield from only(self._carved(files), split)
-
-    def iter_tagged(self) -> Iterator[tuple[Split, Document]]:
-        if self.path is not None:
-            files = self._files()
-            if split_files(self.name, self.path, files) is None:
-                yield from self._carved(files)
-                return
-        yield from super().iter_tagged()  # separate hub splits or split files: nothing is read twice
 
     def _carved(self, files: list[Path]) -> Iterator[tuple[Split, Document]]:
         """One split of rows in all `files`, carved into train/val by article title."""
