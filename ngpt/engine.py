@@ -315,7 +315,7 @@ class Engine:
     def prefill(self, ids: Tensor, cache: KVCache) -> Tensor:
         """Run ids (B, T) through the model after what `cache` holds; fp32 logits of the last position (B, V)."""
         with self._run_mode():
-            logits, _ = self.model(ids.to(self.device), start_pos=cache.length, kv_cache=cache)
+            logits, _ = self.model(ids.to(self.device), start_pos=cache.length, kv_cache=cache, logits="last")
             return logits[:, -1].float()
 
     def decode_step(self, token_ids: Tensor, cache: KVCache) -> Tensor:
@@ -325,7 +325,7 @@ class Engine:
     def _full_forward(self, ids: list[int]) -> Tensor:
         """Without a cache: the whole sequence again; fp32 logits of its last position (V,)."""
         with self._run_mode():
-            logits, _ = self.model(torch.tensor([ids], device=self.device))
+            logits, _ = self.model(torch.tensor([ids], device=self.device), logits="last")
             return logits[0, -1].float()
 
     # -- generation ---------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ngpt.model import GPT, apply_rope, resolved_d_ff, rope_tables
+from ngpt.model import GPT, apply_rope, matmul_causal_attention, resolved_d_ff, rope_tables
 from ngpt.settings import ModelSettings
 
 
@@ -252,3 +252,38 @@ def test_matches_hf_llama_logits():
         ours, _ = model(idx)
         theirs = hf(input_ids=idx).logits
     assert torch.allclose(ours, theirs, atol=1e-4)
+
+
+@pytest.mark.parametrize("T", [1, 5, 16, 47])
+@pytest.mark.parametrize("chunk", [4, 16, 128])
+def test_matmul_causal_attention_equals_sdpa(T, chunk):
+    g = torch.Generator().manual_seed(T)
+    q, k, v = (torch.randn(2, 3, T, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    ours = matmul_causal_attention(q, k, v, chunk)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(ours, ref)
+    out_grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ours, (q, k, v), out_grad), torch.autograd.grad(ref, (q, k, v), out_grad)):
+        torch.testing.assert_close(a, b)
+
+
+def test_logits_last_and_none_agree_with_all():
+    model = tiny_model()
+    idx, targets = random_idx(2, 24), random_idx(2, 24, seed=4)
+    targets[0, :7] = -100
+    full, loss = model(idx, targets)
+    last, _ = model(idx, logits="last")
+    torch.testing.assert_close(last, full[:, -1:])
+    loss.backward()
+    plain_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    none, fused = model(idx, targets, logits="none")
+    assert none is None
+    assert fused.item() == pytest.approx(loss.item(), rel=1e-5)
+    fused.backward()
+    for a, p in zip(plain_grads, model.parameters()):
+        torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="needs targets"):
+        model(idx, logits="none")
+    with pytest.raises(ValueError, match="choose 'all', 'last' or 'none'"):
+        model(idx, logits="first")

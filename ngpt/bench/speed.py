@@ -258,7 +258,7 @@ def run_train_speed(plan: SpeedPlan) -> TrainSpeedReport:
 
     ours = build_ngpt(plan)
     ours_fwd = torch.compile(ours) if plan.compile else ours
-    steps = [TrainStep(ours, lambda: ours_fwd(idx, targets)[1], plan)]
+    steps = [TrainStep(ours, lambda: ours_fwd(idx, targets, logits="none")[1], plan)]
     models: list[nn.Module] = [ours]
     extra = {"torch": torch.__version__}
     if plan.compare == "transformers":

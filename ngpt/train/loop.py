@@ -263,7 +263,7 @@ def run_phase(
                 sync = contextlib.nullcontext() if (last or not info.enabled) else train_model.no_sync()
                 with sync:
                     with autocast():
-                        _, loss = train_model(x, y)
+                        _, loss = train_model(x, y, logits="none")
                     loss = loss / cfg.accum_steps
                     (scaler.scale(loss) if scaler else loss).backward()
                 loss_sum += loss.detach().item()
