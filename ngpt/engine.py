@@ -32,6 +32,7 @@ from torch import Tensor
 from ngpt.chat_format import prompt_ids
 from ngpt.device import Precision, cpu_has_native_bf16, resolve_device, resolve_precision
 from ngpt.model import GPT, apply_rope
+from ngpt.quantize import int8_supported, quantize_int8
 from ngpt.settings import GenerationSettings
 from ngpt.tokenizer import Tokenizer
 
@@ -229,12 +230,10 @@ def attention_row(attn, x: Tensor, cos: Tensor, sin: Tensor, keys: Tensor | None
     Recomputed from the layer's input, because the fused attention kernel never materialises the
     weights. `keys` are the layer's cached post-RoPE keys; None when x is the whole sequence.
     """
-    B, T, _ = x.shape
-    H, D = attn.n_head, attn.head_dim
-    q = apply_rope(attn.q(x[:, -1:]).view(B, 1, H, D).transpose(1, 2), cos[-1:], sin[-1:])
+    q = apply_rope(attn.project(x[:, -1:])[0], cos[-1:], sin[-1:])
     if keys is None:
-        keys = apply_rope(attn.k(x).view(B, T, H, D).transpose(1, 2), cos, sin)
-    scores = q.float() @ keys.float().transpose(-2, -1) / math.sqrt(D)  # (B, H, 1, S)
+        keys = apply_rope(attn.project(x)[1], cos, sin)
+    scores = q.float() @ keys.float().transpose(-2, -1) / math.sqrt(attn.head_dim)  # (B, H, 1, S)
     return scores.softmax(dim=-1).mean(dim=1)[0, 0]
 
 
@@ -465,55 +464,66 @@ class Engine:
 # ---------------------------------------------------------------------------------------------
 # Inference precision and loading.
 
-DECODE_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-DTYPE_LABELS = {torch.float32: "fp32", torch.bfloat16: "bf16 weights", torch.float16: "fp16 weights"}
-# Generation runs without autocast: cast_for_decoding already put the weights in the dtype to compute in.
+DECODE_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+PRECISION_LABELS = {
+    "fp32": "fp32",
+    "bf16": "bf16 weights",
+    "fp16": "fp16 weights",
+    "int8": "int8 weights (bf16 matmuls, fp32 rest)",
+}
+# Generation runs without autocast: prepare_for_decoding already put the weights in the form to compute in.
 NO_AUTOCAST = Precision(False, None, False)
 
 
-def decode_dtype(device: torch.device, choice: str = "auto") -> torch.dtype:
-    """The dtype generation casts the weights to, once (`ngpt chat` and `bench speed --decode` use it).
+def decode_precision(device: torch.device, choice: str = "auto") -> str:
+    """How generation stores the weights: "fp32", "bf16", "fp16" or "int8" (see prepare_for_decoding).
 
-    Generation casts the weights once instead of using autocast: autocast re-casts every weight
-    matrix on every step, and batch-1 decoding is bound by reading the weights (the matmuls are
-    ~2/3 of a step). Measured on a 2-core AVX512-BF16 CPU (V=16384 C=384 L=8, 256 + 256 tokens,
-    greedy): fp32 194 tokens/s, bf16 autocast 185, bf16 weights 260 (half the bytes per token).
-    So auto = bf16 weights where bf16 is native (CUDA with bf16, such CPUs), fp16 on older CUDA
-    GPUs, else fp32 (MPS included, as in training). Re-measure: `ngpt bench speed --decode --precision X`.
+    Batch-1 decoding is bound by reading the weights, so fewer bytes per weight is the lever.
+    Measured on a 2-core AVX512-BF16 CPU (V=16384 C=384 L=8, 256 + 256 tokens, greedy, tokens/s):
+    fp32 ~190, bf16 weights ~280, int8 weights ~650 (bf16 matrix-vector products are slow there, and
+    bf16 attention 4x slower than fp32; int8 keeps attention and the cache fp32). So auto = int8 on
+    CPUs with native bf16, bf16 on CUDA GPUs that have it (fp16 on older ones), else fp32 (MPS
+    included, as in training). Re-measure: `ngpt bench speed --decode --precision X`.
     """
     if choice not in DECODE_PRECISIONS:
         raise ValueError(f"precision {choice!r} is not known; choose one of: {', '.join(DECODE_PRECISIONS)}")
     cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
     if choice == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if cuda_bf16 else torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+            return "bf16" if cuda_bf16 else "fp16"
+        return "int8" if int8_supported(device) and cpu_has_native_bf16() else "fp32"
     if choice == "bf16" and device.type == "cuda" and not cuda_bf16:
         raise ValueError("--precision bf16 but this GPU does not support bf16; use fp16, fp32 or auto")
     if choice == "fp16" and device.type == "cpu":
-        raise ValueError("--precision fp16 is not supported for CPU decoding (far slower than fp32); use bf16, fp32 or auto")
-    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[choice]
+        raise ValueError("--precision fp16 is not supported for CPU decoding (far slower than fp32); use int8, bf16, fp32 or auto")
+    if choice == "int8" and not int8_supported(device):
+        raise ValueError(f"--precision int8 runs on the CPU only (device here: {device}); use bf16, fp16, fp32 or auto")
+    return choice
 
 
-def cast_for_decoding(model: GPT, dtype: torch.dtype) -> GPT:
-    """The model with its weights (and so its KV cache, which follows the keys) in `dtype`; run it with NO_AUTOCAST.
+def prepare_for_decoding(model: GPT, precision: str) -> GPT:
+    """The model (changed in place) with its weights in `precision`; run it with NO_AUTOCAST.
 
-    The RoPE tables are cast too: apply_rope casts them to the activations' dtype at every use anyway.
+    fp32/bf16/fp16: every tensor cast (the KV cache follows the keys' dtype; the RoPE tables are cast
+    too, apply_rope casts them to the activations' dtype anyway). int8: ngpt.quantize.quantize_int8.
     """
-    return model.to(dtype=dtype)
+    if precision == "int8":
+        return quantize_int8(model)
+    return model.to(dtype={"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision])
 
 
 def load_engine(
     ckpt: str | Path, device: str = "auto", precision: str = "auto", *, use_kv_cache: bool = True
-) -> tuple[Engine, dict, Path, torch.dtype]:
-    """(Engine for a checkpoint file or folder, its state without weights, the .pt file, the weight dtype).
+) -> tuple[Engine, dict, Path, str]:
+    """(Engine for a checkpoint file or folder, its state without weights, the .pt file, the weight precision).
 
-    What `ngpt chat`, `ngpt serve` and `ngpt demo` load: weights cast once to decode_dtype, no autocast.
+    What `ngpt chat`, `ngpt serve` and `ngpt demo` load: weights prepared once (decode_precision), no autocast.
     """
     from ngpt.train.checkpoint import find_checkpoint, load_for_inference
 
     path = find_checkpoint(ckpt)
     dev = resolve_device(device)
-    dtype = decode_dtype(dev, precision)
+    chosen = decode_precision(dev, precision)
     model, tok, state = load_for_inference(path, "cpu")
-    return Engine(cast_for_decoding(model, dtype), tok, dev, NO_AUTOCAST, use_kv_cache=use_kv_cache), state, path, dtype
+    engine = Engine(prepare_for_decoding(model, chosen), tok, dev, NO_AUTOCAST, use_kv_cache=use_kv_cache)
+    return engine, state, path, chosen

@@ -133,6 +133,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32 == self.weight.dtype:  # one fused op, bit-identical to the lines below
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Statistics in fp32 even under bf16 (a mean of squares loses too much in 8 mantissa bits);
         # cast back before the weight, as Llama does.
         x32 = x.float()
@@ -151,11 +153,18 @@ class CausalSelfAttention(nn.Module):
         self.k = nn.Linear(C, C, bias=False)
         self.v = nn.Linear(C, C, bias=False)
         self.o = nn.Linear(C, C, bias=False)
+        # Inference may replace q, k, v by one module computing all three in one matmul (ngpt.quantize).
+        self.qkv: nn.Module | None = None
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, C) → q, k, v (B, n_head, T, head_dim), before RoPE: heads become a batch dimension."""
+        B, T, C = x.shape
+        qkv = self.qkv(x).split(C, dim=-1) if self.qkv is not None else (self.q(x), self.k(x), self.v(x))
+        return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in qkv)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None) -> Tensor:
         B, T, C = x.shape
-        # (B, T, C) → (B, n_head, T, head_dim): heads become a batch dimension for attention
-        q, k, v = (p(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
+        q, k, v = self.project(x)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
@@ -179,9 +188,12 @@ class MLP(nn.Module):
         self.gate = nn.Linear(cfg.n_embd, d_ff, bias=False)
         self.up = nn.Linear(cfg.n_embd, d_ff, bias=False)
         self.down = nn.Linear(d_ff, cfg.n_embd, bias=False)
+        # Inference may replace gate and up by one module computing both in one matmul (ngpt.quantize).
+        self.gate_up: nn.Module | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        gate, up = self.gate_up(x).chunk(2, dim=-1) if self.gate_up is not None else (self.gate(x), self.up(x))
+        return self.down(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -192,12 +204,16 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.mlp = MLP(cfg)
         # The one place dropout lives: on each branch's output before it joins the residual stream.
-        self.drop = nn.Dropout(cfg.dropout)
+        self.dropout = cfg.dropout
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None) -> Tensor:
         x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, kv_cache))
         x = x + self.drop(self.mlp(self.mlp_norm(x)))
         return x
+
+    def drop(self, y: Tensor) -> Tensor:
+        # A plain function, not an nn.Dropout module: generation calls this 2·L times per token.
+        return F.dropout(y, self.dropout, self.training) if self.dropout > 0 else y
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from ngpt.bench.speed import (
 )
 from ngpt.cli.bench import app
 from ngpt.device import Precision, measure_matmul_peak
-from ngpt.engine import NO_AUTOCAST, Engine, SamplingParams, cast_for_decoding, decode_dtype
+from ngpt.engine import NO_AUTOCAST, Engine, SamplingParams, decode_precision, prepare_for_decoding
 from ngpt.model import GPT
 from ngpt.settings import ModelSettings
 
@@ -174,18 +174,23 @@ def test_speed_decode_rejects_train_flags_and_a_context_too_small():
     assert isinstance(result.exception, ValueError) and "raise --seq-len" in str(result.exception)
 
 
-def test_decode_dtype_choices():
+def test_decode_precision_choices():
     cpu = torch.device("cpu")
-    assert decode_dtype(cpu, "fp32") == torch.float32 and decode_dtype(cpu, "bf16") == torch.bfloat16
-    assert decode_dtype(cpu, "auto") in (torch.float32, torch.bfloat16)
+    assert [decode_precision(cpu, c) for c in ("fp32", "bf16", "int8")] == ["fp32", "bf16", "int8"]
+    assert decode_precision(cpu, "auto") in ("fp32", "int8")
     with pytest.raises(ValueError, match="fp16 is not supported for CPU"):
-        decode_dtype(cpu, "fp16")
+        decode_precision(cpu, "fp16")
+    with pytest.raises(ValueError, match="int8 runs on the CPU only"):
+        decode_precision(torch.device("meta"), "int8")
+    with pytest.raises(ValueError, match="choose one of: auto, fp32, bf16, fp16, int8"):
+        decode_precision(cpu, "int4")
 
 
-def test_synthetic_decode_makes_exactly_new_tokens():
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_synthetic_decode_makes_exactly_new_tokens(precision):
     """The benchmark's engine never stops early: every run is the same amount of work."""
-    plan = DecodePlan(model=tiny_plan().model, device=torch.device("cpu"), dtype=torch.float32, prompt_tokens=4, new_tokens=9)
-    model = cast_for_decoding(GPT(plan.model), plan.dtype)
+    plan = DecodePlan(model=tiny_plan().model, device=torch.device("cpu"), precision=precision, prompt_tokens=4, new_tokens=9)
+    model = prepare_for_decoding(GPT(plan.model), plan.precision)
     result = Engine(model, SyntheticTokenizer(97), "cpu", NO_AUTOCAST).generate([1, 2, 3, 4], SamplingParams(max_new_tokens=9, temperature=0))
     assert len(result.ids) == 9 and result.finish_reason == "length"
 

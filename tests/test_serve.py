@@ -138,8 +138,8 @@ def reference(ckpt) -> Engine:
 
 @pytest.fixture(scope="module")
 def server(ckpt):
-    engine, state, _, dtype = load_engine(ckpt, "cpu", "fp32")
-    assert state["phase"] == "sft" and dtype == torch.float32
+    engine, state, _, precision = load_engine(ckpt, "cpu", "fp32")
+    assert state["phase"] == "sft" and precision == "fp32"
     options = ServeOptions(model_id=MODEL_ID, api_key=KEY, max_tokens_cap=CAP, max_body_bytes=20_000,
                            max_active=4, max_waiting=16, generation=GEN)
     app = create_app(engine, options)
@@ -260,9 +260,9 @@ def test_greedy_is_the_default_when_temperature_is_zero(client, reference):
 
 
 def test_bf16_weights_serve_what_a_bf16_engine_generates(ckpt):
-    engine, _, _, dtype = load_engine(ckpt, "cpu", "bf16")
+    engine, _, _, precision = load_engine(ckpt, "cpu", "bf16")
     reference = load_engine(ckpt, "cpu", "bf16")[0]
-    assert dtype == torch.bfloat16 and next(engine.model.parameters()).dtype == torch.bfloat16
+    assert precision == "bf16" and next(engine.model.parameters()).dtype == torch.bfloat16
     messages = user("Light on the paper.")
     text, finish, n = expected_reply(reference, messages, max_tokens=10, temperature=0.8, seed=2)
     with live_server(create_app(engine, ServeOptions(model_id=MODEL_ID, generation=GEN))) as url:

@@ -21,9 +21,10 @@ Decoding (`run_decode_speed`). Batch 1, greedy, a random prompt of `prompt_token
 Tokens/s = new tokens / wall time of the whole generation (prefill included), as a user waits for
 it; prefill time and the decode-only rate are reported beside it. Our engine runs with its KV cache
 and (unless `uncached=False`) without it, and with `compare="transformers"` transformers'
-`LlamaForCausalLM.generate` runs the same shapes in the same weight dtype; all runs alternate.
+`LlamaForCausalLM.generate` runs the same shapes in the same weight dtype (bf16 when ours is int8);
+all runs alternate.
 
-    report = run_decode_speed(DecodePlan(model=ModelSettings(), device=dev, dtype=decode_dtype(dev)))
+    report = run_decode_speed(DecodePlan(model=ModelSettings(), device=dev, precision=decode_precision(dev)))
 """
 
 from __future__ import annotations
@@ -37,12 +38,13 @@ import torch
 from torch import Tensor, nn
 
 from ngpt.device import MatmulPeak, Precision, device_name, measure_matmul_peak, synchronize
-from ngpt.engine import DTYPE_LABELS, NO_AUTOCAST, cast_for_decoding, decode_dtype
+from ngpt.engine import NO_AUTOCAST, PRECISION_LABELS, decode_precision, prepare_for_decoding
 from ngpt.model import GPT, resolved_d_ff
 from ngpt.settings import ModelSettings
 from ngpt.train.optim import make_optimizer
 
 COMPARE_CHOICES = ("transformers",)
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 @dataclass(frozen=True)
@@ -290,13 +292,19 @@ class DecodePlan:
 
     model: ModelSettings
     device: torch.device
-    dtype: torch.dtype  # weights (see decode_dtype)
+    precision: str  # how our weights are stored: fp32 | bf16 | fp16 | int8 (see engine.decode_precision)
     prompt_tokens: int = 256
     new_tokens: int = 256
     repeats: int = 3
     uncached: bool = True  # also time --no-kv-cache generation (recomputes the whole sequence per token)
     seed: int = 1337
     compare: str | None = None  # None or one of COMPARE_CHOICES
+
+    @property
+    def transformers_dtype(self) -> torch.dtype:
+        """The comparison's weight dtype: ours, or for int8 bf16 (transformers' fastest on such CPUs, and
+        the dtype our int8 matmuls take their inputs in)."""
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.bfloat16}[self.precision]
 
     def check(self) -> None:
         """ValueError naming the flag, before any model is built."""
@@ -394,7 +402,7 @@ class DecodeSpeedReport:
             "device": str(p.device),
             "device_name": device_name(p.device),
             "threads": torch.get_num_threads(),
-            "precision": DTYPE_LABELS[p.dtype],
+            "precision": PRECISION_LABELS[p.precision],
             "ours": self.ours.to_json(),
             **self.extra,
         }
@@ -402,19 +410,19 @@ class DecodeSpeedReport:
             out["ours_no_kv_cache"] = self.uncached.to_json()
             out["kv_cache_speedup"] = round(self.kv_cache_speedup, 3)
         if self.transformers is not None:
-            out["transformers"] = self.transformers.to_json()
+            out["transformers"] = {**self.transformers.to_json(), "dtype": DTYPE_NAMES[p.transformers_dtype]}
             out["ratio"] = round(self.ratio, 4)
         return out
 
 
 def build_transformers_generator(plan: DecodePlan, prompt: Tensor) -> Callable[[int], None]:
-    """transformers' Llama of the plan's shapes and dtype; the callable generates n greedy tokens."""
+    """transformers' Llama of the plan's shapes in plan.transformers_dtype; the callable generates n greedy tokens."""
     config = llama_config(plan.model)  # first: it turns a missing transformers into a readable error
     from transformers import GenerationConfig, LlamaForCausalLM
 
     config.use_cache = True  # llama_config is for training; generation uses its KV cache
     torch.manual_seed(plan.seed)
-    model = LlamaForCausalLM(config).to(device=plan.device, dtype=plan.dtype).eval()
+    model = LlamaForCausalLM(config).to(device=plan.device, dtype=plan.transformers_dtype).eval()
     # No eos id: like ours, every run makes exactly n tokens (and no min-length processor is needed).
     model.generation_config = GenerationConfig(do_sample=False, pad_token_id=0, eos_token_id=None, use_cache=True)
     mask = torch.ones_like(prompt)
@@ -433,7 +441,9 @@ def run_decode_speed(plan: DecodePlan) -> DecodeSpeedReport:
 
     plan.check()
     torch.manual_seed(plan.seed)
-    model = cast_for_decoding(GPT(plan.model), plan.dtype).to(plan.device).eval()
+    model = GPT(plan.model)
+    params = model.num_params()  # before int8 turns weights into buffers
+    model = prepare_for_decoding(model, plan.precision).to(plan.device).eval()
     tok = SyntheticTokenizer(plan.model.vocab_size)
     gen = torch.Generator().manual_seed(plan.seed)
     prompt = torch.randint(0, plan.model.vocab_size, (1, plan.prompt_tokens), generator=gen)
@@ -470,5 +480,5 @@ def run_decode_speed(plan: DecodePlan) -> DecodeSpeedReport:
                 prefill_ms[name].append(prefill)
     timings = {name: DecodeTiming(name, plan.new_tokens, tuple(run_s[name]), tuple(prefill_ms[name])) for name in runs}
     return DecodeSpeedReport(
-        plan, model.num_params(), timings["ngpt"], timings.get("ngpt --no-kv-cache"), timings.get("transformers"), extra
+        plan, params, timings["ngpt"], timings.get("ngpt --no-kv-cache"), timings.get("transformers"), extra
     )

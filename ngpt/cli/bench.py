@@ -80,7 +80,7 @@ def speed(
     ] = None,
     precision: Annotated[
         Optional[DecodePrecision],
-        typer.Option(help="--decode: weight dtype auto | fp32 | bf16 | fp16 (auto: what decodes fastest here) [default auto]."),
+        typer.Option(help="--decode: weights auto | fp32 | bf16 | fp16 | int8 (auto: what decodes fastest here) [default auto]."),
     ] = None,
     prompt_tokens: Annotated[Optional[int], typer.Option(min=1, help="--decode: prompt length [default 256].")] = None,
     new_tokens: Annotated[Optional[int], typer.Option(min=1, help="--decode: tokens generated per run [default 256].")] = None,
@@ -125,10 +125,10 @@ def speed(
     dev = resolve_device(t.device)
     if decode:
         from ngpt.bench.speed import DecodePlan, run_decode_speed
-        from ngpt.engine import decode_dtype
+        from ngpt.engine import decode_precision
 
         plan = DecodePlan(
-            model=s.model, device=dev, dtype=decode_dtype(dev, precision.value if precision else "auto"),
+            model=s.model, device=dev, precision=decode_precision(dev, precision.value if precision else "auto"),
             prompt_tokens=prompt_tokens or 256, new_tokens=new_tokens or 256, repeats=repeats or 3,
             uncached=True if uncached is None else uncached, seed=t.seed, compare=compare.value if compare else None,
         )
@@ -190,13 +190,13 @@ def result_table(report: TrainSpeedReport) -> Table:
 def decode_plan_table(plan: DecodePlan) -> Table:
     from ngpt.bench.speed import param_count
     from ngpt.device import device_label
-    from ngpt.engine import DTYPE_LABELS
+    from ngpt.engine import PRECISION_LABELS
     from ngpt.model import resolved_d_ff
 
     m = plan.model
     return kv_table("bench speed --decode", {
         "device": device_label(plan.device),
-        "precision": DTYPE_LABELS[plan.dtype],
+        "precision": PRECISION_LABELS[plan.precision],
         "dims": f"V={m.vocab_size} T={m.seq_len} C={m.n_embd} L={m.n_layer} H={m.n_head} d_ff={resolved_d_ff(m)}",
         "params": param_count(m),
         "generation": f"batch 1, greedy, {plan.prompt_tokens} prompt tokens + {plan.new_tokens} new",
@@ -209,7 +209,11 @@ def decode_plan_table(plan: DecodePlan) -> Table:
 def decode_result_table(report: DecodeSpeedReport) -> Table:
     import statistics
 
-    rows = [("ngpt", report.ours), ("ngpt, no KV cache", report.uncached), ("transformers", report.transformers)]
+    from ngpt.bench.speed import DTYPE_NAMES
+
+    theirs = f"transformers ({DTYPE_NAMES[report.plan.transformers_dtype]} weights)"
+    ours_name = f"ngpt ({report.plan.precision})"
+    rows = [(ours_name, report.ours), (f"{ours_name}, no KV cache", report.uncached), (theirs, report.transformers)]
     ours = report.ours.tokens_per_s
 
     def cell(value: float | None) -> str:

@@ -117,7 +117,7 @@ def chat(
     no_kv_cache: Annotated[bool, typer.Option("--no-kv-cache", help="Recompute the whole sequence per token (slow; for comparison).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
     precision: Annotated[
-        DecodePrecision, typer.Option(help="Weight dtype: auto (what decodes fastest here) | fp32 | bf16 | fp16.")
+        DecodePrecision, typer.Option(help="Weights: auto (what decodes fastest here) | fp32 | bf16 | fp16 | int8.")
     ] = DecodePrecision.auto,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
     config: ConfigOpt = None,
@@ -134,7 +134,7 @@ def chat(
     import torch  # heavy imports only once a chat really starts: `ngpt --help` stays fast
 
     from ngpt.device import device_label
-    from ngpt.engine import DTYPE_LABELS, SamplingParams, load_engine
+    from ngpt.engine import PRECISION_LABELS, SamplingParams, load_engine
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -157,7 +157,7 @@ def chat(
         "model": f"{model.num_params():,} params · V={m.vocab_size} T={seq_len} C={m.n_embd} L={m.n_layer} H={m.n_head}",
         "tokenizer": f"{tok.vocab_size:,} ids · sha256 {tok.sha256[:12]}",
         "device": device_label(dev),
-        "precision": DTYPE_LABELS[dtype],
+        "precision": PRECISION_LABELS[dtype],
         "KV cache": "off (--no-kv-cache)" if no_kv_cache else "on",
         "sampling": sampling_label(params),
         "max new tokens": f"{params.max_new_tokens}{capped}",

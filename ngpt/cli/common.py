@@ -29,6 +29,7 @@ class DecodePrecision(str, Enum):  # ngpt.engine.DECODE_PRECISIONS, kept here so
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+    int8 = "int8"
 
 
 def resolve_settings(

@@ -29,7 +29,7 @@ def serve(
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="NGPT_API_KEY", help="Require `Authorization: Bearer KEY` on /v1 routes.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
     precision: Annotated[
-        DecodePrecision, typer.Option(help="Weight dtype: auto (what decodes fastest here) | fp32 | bf16 | fp16.")
+        DecodePrecision, typer.Option(help="Weights: auto (what decodes fastest here) | fp32 | bf16 | fp16 | int8.")
     ] = DecodePrecision.auto,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
     config: ConfigOpt = None,
@@ -50,7 +50,7 @@ def serve(
     import torch
 
     from ngpt.device import device_label
-    from ngpt.engine import DTYPE_LABELS
+    from ngpt.engine import PRECISION_LABELS
     from ngpt.settings import load_settings
 
     api_key = api_key or None  # an empty NGPT_API_KEY means no key, not the empty key
@@ -72,7 +72,7 @@ def serve(
         "shape": f"{n_params / 1e6:.2f}M params · {cfg.n_layer} layers × {cfg.n_embd} · context {cfg.seq_len}",
         "tokenizer": f"{engine.tok.vocab_size:,} ids · sha256 {engine.tok.sha256[:12]}",
         "device": device_label(engine.device),
-        "precision": DTYPE_LABELS[dtype],
+        "precision": PRECISION_LABELS[dtype],
         "defaults": f"temperature {generation.temperature} · top_k {generation.top_k} · top_p {generation.top_p} · "
                     f"max_tokens {min(generation.max_new_tokens, max_tokens_cap or cfg.seq_len)} (cap {max_tokens_cap or cfg.seq_len})",
         "concurrency": f"{max_concurrent} generating · {max_queue} waiting",
