@@ -47,21 +47,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
             tb = targets[start : start + rows]
             valid = tb != IGNORE_INDEX
             safe = tb.clamp(min=0)  # ignored rows still index something; their terms are zeroed below
-            logits = (xb @ w.T).to(acc)  # (rows, V)
-            lse = torch.logsumexp(logits, dim=-1)
-            total += ((lse - logits.gather(1, safe[:, None]).squeeze(1)) * valid).sum()
+            logp = torch.log_softmax((xb @ w.T).to(acc), dim=-1)  # (rows, V)
+            total -= (logp.gather(1, safe[:, None]).squeeze(1) * valid).sum()
             if want_x or want_w:
                 # d(sum of row losses)/d logits = softmax − one-hot(target), on labelled rows only
-                grad = logits.sub_(lse[:, None]).exp_()
+                grad = logp.exp_()
                 grad[torch.arange(grad.size(0), device=grad.device), safe] -= 1
-                grad = grad.mul_(valid[:, None]).to(compute_dtype)
+                if not bool(valid.all()):  # SFT rows; pretrain windows are all labelled
+                    grad[~valid] = 0
+                grad = grad.to(compute_dtype)
                 if want_x:
                     grad_x[start : start + rows] = grad @ w
                 if want_w:
                     if grad.dtype == acc:  # accumulate in place: no (V, C) temporary per block
                         grad_w.addmm_(grad.T, xb)
-                    else:  # bf16/fp16 products, summed in fp32
-                        grad_w += (grad.T @ xb).to(acc)
+                    else:  # a bf16/fp16 product added into the fp32 sum (the add converts as it goes)
+                        grad_w += grad.T @ xb
         # The mean over labelled tokens, like F.cross_entropy (0/0 = nan when nothing is labelled).
         denom = n_valid.to(acc)
         ctx.save_for_backward(

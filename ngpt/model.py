@@ -85,7 +85,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # Causal attention over a whole sequence (training, prefill, no-cache generation).
 
-QUERY_CHUNK = 128  # query rows per block in matmul_causal_attention (64/128/256/512: 17/13/15/20 ms bf16)
+QUERY_CHUNK = 128  # query rows per block in matmul_causal_attention (64/128/256/512: 10.5/9.4/11.2/13.3 ms bf16)
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -93,7 +93,7 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
     On GPUs that is the fused SDPA kernel. On CPUs the fused (flash) kernel is slower than plain
     matmuls: measured fwd+bwd at B=4 H=6 T=512 D=64 on a 2-core AVX512-BF16 CPU, SDPA 26 ms (bf16) /
-    31 ms (fp32) per layer vs matmul_causal_attention 13 / 21 ms. `ngpt bench speed --train` shows it.
+    30 ms (fp32) per layer vs matmul_causal_attention 9.4 / 18 ms. `ngpt bench speed --train` shows it.
     """
     if q.device.type == "cpu":
         return matmul_causal_attention(q, k, v)
@@ -106,20 +106,52 @@ def matmul_causal_attention(q: Tensor, k: Tensor, v: Tensor, chunk: int = QUERY_
     Block i (queries i·chunk ..) only multiplies against the keys it may see (0 .. its last row),
     so the masked upper triangle is mostly never computed: at T=512, chunk=128 does 5/8 of the
     full T×T work. Scores are in the inputs' dtype (bf16 under autocast, as in GPT-2/Megatron's
-    unfused attention); softmax accumulates in fp32 either way.
+    unfused attention); softmax accumulates in fp32 either way. The backward is written out
+    (_BlockCausalAttention): left to autograd, every block's slice of k and v would get its own
+    full-size zero-filled gradient to be summed, ~4 % of a CPU training step.
     """
-    T, scale = q.size(-2), q.size(-1) ** -0.5
-    q = q * scale  # before the matmul: T×D values instead of T×T
-    outs = []
-    for start in range(0, T, chunk):
-        end = min(start + chunk, T)
-        scores = q[..., start:end, :] @ k[..., :end, :].transpose(-2, -1)  # (B, H, end-start, end)
-        # Row r (position start + r) sees keys 0 .. start + r: all before the block, the lower
-        # triangle of its own square. Masked in place (the matmul's backward does not need its output).
-        future = torch.ones(end - start, end - start, dtype=torch.bool, device=q.device).triu(diagonal=1)
-        scores[..., start:end].masked_fill_(future, float("-inf"))
-        outs.append(scores.softmax(dim=-1) @ v[..., :end, :])
-    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+    return _BlockCausalAttention.apply(q, k, v, chunk)
+
+
+def _future_mask(n: int, device: torch.device) -> Tensor:
+    """(n, n) True above the diagonal: within a block's own square, row r must not see keys after r."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).triu(diagonal=1)
+
+
+class _BlockCausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, chunk: int) -> Tensor:
+        T, scale = q.size(-2), q.size(-1) ** -0.5
+        q = q * scale  # before the matmul: T×D values instead of T×T
+        out = torch.empty_like(q)
+        probs = []
+        for start in range(0, T, chunk):
+            end = min(start + chunk, T)
+            scores = q[..., start:end, :] @ k[..., :end, :].transpose(-2, -1)  # (B, H, end-start, end)
+            # Row r (position start + r) sees keys 0 .. start + r: all before the block, and the
+            # lower triangle of its own square.
+            scores[..., start:end].masked_fill_(_future_mask(end - start, q.device), float("-inf"))
+            p = scores.softmax(dim=-1)
+            out[..., start:end, :] = p @ v[..., :end, :]
+            probs.append(p)
+        ctx.save_for_backward(q, k, v, *probs)
+        ctx.chunk, ctx.scale = chunk, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, *probs = ctx.saved_tensors  # q is already scaled
+        T, chunk = q.size(-2), ctx.chunk
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        for p, start in zip(probs, range(0, T, chunk)):
+            end = min(start + chunk, T)
+            g = grad_out[..., start:end, :]
+            grad_v[..., :end, :] += p.transpose(-2, -1) @ g
+            # softmax backward: p ⊙ (dp − Σ dp⊙p); masked keys have p = 0, so their score gradient is 0
+            grad_scores = torch._softmax_backward_data(g @ v[..., :end, :].transpose(-2, -1), p, -1, p.dtype)
+            grad_q[..., start:end, :] = grad_scores @ k[..., :end, :]
+            grad_k[..., :end, :] += grad_scores.transpose(-2, -1) @ q[..., start:end, :]
+        return grad_q * ctx.scale, grad_k, grad_v, None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ngpt.device import MatmulPeak, Precision, device_name, measure_matmul_peak, synchronize
+from ngpt.device import MatmulPeak, Precision, device_name, measure_matmul_peak, retain_freed_memory, synchronize
 from ngpt.engine import NO_AUTOCAST, PRECISION_LABELS, decode_precision, prepare_for_decoding
 from ngpt.model import GPT, resolved_d_ff
 from ngpt.settings import ModelSettings
@@ -255,6 +255,7 @@ def run_train_speed(plan: SpeedPlan) -> TrainSpeedReport:
     """Measure the matmul peak, then time ngpt (and the comparison model) on synthetic batches."""
     if plan.compare is not None and plan.compare not in COMPARE_CHOICES:
         raise ValueError(f"--compare {plan.compare!r} is not known; choose one of: {', '.join(COMPARE_CHOICES)}")
+    retain_freed_memory()  # as the training loop does (process-wide, so the comparison model gets it too)
     peak = measure_matmul_peak(plan.device, plan.peak_dtype)
     idx, targets = synthetic_batch(plan.model.vocab_size, plan.micro_b, plan.model.seq_len, plan.seed, plan.device)
 

@@ -195,7 +195,7 @@ def run_steps(spec: dict) -> dict:
                      activation_checkpointing=plan.activation_checkpointing)
     warm_model = build_ngpt(warm)
     warm_idx, warm_targets = synthetic_batch(mini.vocab_size, 1, mini.seq_len, 0, dev)
-    TrainStep(warm_model, lambda: warm_model(warm_idx, warm_targets)[1], warm)()
+    TrainStep(warm_model, lambda: warm_model(warm_idx, warm_targets, logits="none")[1], warm)()
     del warm_model
     budget = apply_memory_budget(dev, spec.get("memory_gb"))
     if dev.type == "cuda":
@@ -206,7 +206,7 @@ def run_steps(spec: dict) -> dict:
         model = build_ngpt(plan)
         result["params"] = model.num_params()
         idx, targets = synthetic_batch(cfg.vocab_size, micro_b, cfg.seq_len, plan.seed, dev)
-        step = TrainStep(model, lambda: model(idx, targets)[1], plan)
+        step = TrainStep(model, lambda: model(idx, targets, logits="none")[1], plan)
         if kind == "fit":
             seen, handles = record_output_dtypes(model) if spec.get("dtypes") else ({}, [])
             (times,) = time_interleaved([step], 0, 2, dev)

@@ -26,7 +26,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ngpt.batches import PretrainBatches, SFTBatches
-from ngpt.device import Precision, cached_matmul_peak, resolve_device, resolve_precision
+from ngpt.device import Precision, cached_matmul_peak, resolve_device, resolve_precision, retain_freed_memory
 from ngpt.io_utils import atomic_write_text
 from ngpt.model import GPT
 from ngpt.settings import Settings, TrainSettings, settings_json
@@ -154,6 +154,7 @@ def run_phase(
 ) -> PhaseResult:
     cfg: TrainSettings = getattr(settings, phase)
     info, device = distributed.setup(resolve_device(cfg.device))
+    retain_freed_memory()  # every step reallocates what the last one freed: keep it off the OS page allocator
     precision = resolve_precision(device, cfg.amp, cfg.amp_dtype)
     autocast = autocast_factory(device, precision)
     is_main = info.is_main
