@@ -38,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ngpt.chat_format import IGNORE_INDEX
 from ngpt.linear_cross_entropy import linear_cross_entropy
+from ngpt.onednn import Linear
 from ngpt.settings import ModelSettings
 
 INIT_STD = 0.02
@@ -181,10 +182,10 @@ class CausalSelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.head_dim = cfg.n_embd // cfg.n_head
         C = cfg.n_embd
-        self.q = nn.Linear(C, C, bias=False)
-        self.k = nn.Linear(C, C, bias=False)
-        self.v = nn.Linear(C, C, bias=False)
-        self.o = nn.Linear(C, C, bias=False)
+        self.q = Linear(C, C, bias=False)
+        self.k = Linear(C, C, bias=False)
+        self.v = Linear(C, C, bias=False)
+        self.o = Linear(C, C, bias=False)
         # Inference may replace q, k, v by one module computing all three in one matmul (ngpt.quantize).
         self.qkv: nn.Module | None = None
 
@@ -217,9 +218,9 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelSettings) -> None:
         super().__init__()
         d_ff = resolved_d_ff(cfg)
-        self.gate = nn.Linear(cfg.n_embd, d_ff, bias=False)
-        self.up = nn.Linear(cfg.n_embd, d_ff, bias=False)
-        self.down = nn.Linear(d_ff, cfg.n_embd, bias=False)
+        self.gate = Linear(cfg.n_embd, d_ff, bias=False)
+        self.up = Linear(cfg.n_embd, d_ff, bias=False)
+        self.down = Linear(d_ff, cfg.n_embd, bias=False)
         # Inference may replace gate and up by one module computing both in one matmul (ngpt.quantize).
         self.gate_up: nn.Module | None = None
 
@@ -260,7 +261,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # tied: one V×C matrix reads tokens in and out
         # Not in the state dict: derived from the config, and absent from Llama checkpoints.
         cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.seq_len, cfg.rope_theta)
