@@ -513,6 +513,16 @@ def prepare_for_decoding(model: GPT, precision: str) -> GPT:
     return model.to(dtype={"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision])
 
 
+def checkpoint_generation(state: dict, path: Path) -> tuple[str, dict]:
+    """The `generation` settings a checkpoint's training run set explicitly, as a settings layer.
+
+    Chat and serve put it under --config, env and flags (settings.load_settings `base`): a model
+    trained with, say, temperature 0.7 in its config chats at 0.7 unless told otherwise.
+    """
+    generation = (state.get("overrides") or {}).get("generation") or {}
+    return f"checkpoint {path}", {"generation": generation} if generation else {}
+
+
 def load_engine(
     ckpt: str | Path, device: str = "auto", precision: str = "auto", *, use_kv_cache: bool = True
 ) -> tuple[Engine, dict, Path, str]:

@@ -269,9 +269,16 @@ def load_settings(
     config: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    base: tuple[str, Mapping[str, Any]] | None = None,
 ) -> Settings:
-    """Resolve defaults < config file < NGPT_* env < overrides (CLI flags) into validated Settings."""
+    """Resolve defaults < base < config file < NGPT_* env < overrides (CLI flags) into validated Settings.
+
+    `base` is (origin, layer): settings that come with something loaded, e.g. the `generation` section
+    a checkpoint was trained with (see checkpoint_generation), which a config or flag still overrides.
+    """
     layers: list[tuple[str, Mapping]] = []
+    if base is not None:
+        layers.append(base)
     if config is not None:
         layers.append((str(config), read_config_file(config)))
     layers.append(("environment (NGPT_*)", env_overrides(os.environ if environ is None else environ)))

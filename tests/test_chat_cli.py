@@ -11,6 +11,7 @@ the dict keys the training loop writes, and carries the session's tiny tokenizer
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -28,8 +29,8 @@ from ngpt.cli.chat import ChatSession
 from ngpt.cli.main import app, main
 from ngpt.engine import Engine, SamplingParams
 from ngpt.model import GPT
-from ngpt.settings import load_settings
-from ngpt.train.checkpoint import CHECKPOINT_VERSION, load_for_inference, save_checkpoint
+from ngpt.settings import GenerationSettings, load_settings
+from ngpt.train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, load_for_inference, save_checkpoint
 from ngpt.train.loop import rng_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -274,3 +275,23 @@ def test_interactive_session_ends_on_eof(ckpts, tmp_path):
         assert term.proc.wait(timeout=30) == 0
     finally:
         term.close()
+
+
+def test_checkpoint_generation_settings_sit_under_config_and_flags(ckpts, tmp_path, tiny_tokenizer):
+    """A model trained with generation settings chats with them unless --config or a flag says otherwise."""
+    state = load_checkpoint(ckpts["random"])
+    state["overrides"] = {"generation": {"temperature": 0.3, "top_k": 7}}
+    path = tmp_path / "tuned.pt"
+    save_checkpoint(path, state)
+
+    def resolved(*args: str) -> dict:
+        out = chat("--ckpt", str(path), "--device", "cpu", "--print-config", *args).stdout
+        return json.loads(out)["generation"]
+
+    assert resolved()["temperature"] == 0.3 and resolved()["top_k"] == 7
+    config = tmp_path / "gen.json"
+    config.write_text(json.dumps({"generation": {"temperature": 0.5}}))
+    assert resolved("-c", str(config)) == {**resolved(), "temperature": 0.5}
+    assert resolved("-c", str(config), "--temperature", "0.9")["temperature"] == 0.9
+    plain = chat("--ckpt", str(ckpts["random"]), "--device", "cpu", "--print-config").stdout
+    assert json.loads(plain)["generation"]["temperature"] == GenerationSettings().temperature

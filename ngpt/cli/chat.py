@@ -126,7 +126,6 @@ def chat(
     """Chat with a checkpoint in the terminal; the reply streams as it is generated."""
     gen = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "top_p": top_p,
            "repetition_penalty": repetition_penalty, "seed": seed}
-    settings = resolve_settings(config, None, {"generation": gen}, print_config)
     if system is not None and system_file is not None:
         raise typer.BadParameter("give --system or --system-file, not both", param_hint="--system/--system-file")
     system_text, system_origin = system_prompt(system, system_file)
@@ -134,11 +133,13 @@ def chat(
     import torch  # heavy imports only once a chat really starts: `ngpt --help` stays fast
 
     from ngpt.device import device_label
-    from ngpt.engine import PRECISION_LABELS, SamplingParams, load_engine
+    from ngpt.engine import PRECISION_LABELS, SamplingParams, checkpoint_generation, load_engine
 
     if threads is not None:
         torch.set_num_threads(threads)
     engine, state, path, dtype = load_engine(ckpt, device, precision.value, use_kv_cache=not no_kv_cache)
+    # The checkpoint's own generation settings < --config < env < flags.
+    settings = resolve_settings(config, None, {"generation": gen}, print_config, base=checkpoint_generation(state, path))
     model, tok, dev = engine.model, engine.tok, engine.device
     params = SamplingParams.from_settings(settings.generation)
     seq_len = model.cfg.seq_len

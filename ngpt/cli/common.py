@@ -37,10 +37,11 @@ def resolve_settings(
     sources: list[str] | None = None,
     overrides: dict[str, Any] | None = None,
     print_config: bool = False,
+    base: tuple[str, dict[str, Any]] | None = None,
 ) -> Settings:
-    """defaults < --config < NGPT_* env < flags; with --print-config, print the result and exit 0."""
+    """defaults < base (e.g. a checkpoint's) < --config < NGPT_* env < flags; --print-config prints it and exits 0."""
     flags = deep_merge(parse_source_flags(sources), prune_none(overrides or {}))
-    settings = load_settings(config, overrides=flags)
+    settings = load_settings(config, overrides=flags, base=base)
     if print_config:
         console.print_json(settings_json(settings))
         raise typer.Exit(0)

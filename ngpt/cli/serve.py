@@ -43,7 +43,7 @@ def serve(
     try:  # heavy imports only once serving really starts: `ngpt --help` stays fast
         import uvicorn
 
-        from ngpt.engine import load_engine
+        from ngpt.engine import checkpoint_generation, load_engine
         from ngpt.serve.app import ServeOptions, create_app
     except ImportError as e:
         raise RuntimeError(f"`ngpt serve` needs the serve extra ({e.name} is not installed): pip install -e \".[serve]\"") from None
@@ -54,10 +54,11 @@ def serve(
     from ngpt.settings import load_settings
 
     api_key = api_key or None  # an empty NGPT_API_KEY means no key, not the empty key
-    generation = load_settings(config).generation
     if threads is not None:
         torch.set_num_threads(threads)
     engine, state, path, dtype = load_engine(ckpt, device, precision.value)
+    # The checkpoint's own generation settings < --config < env.
+    generation = load_settings(config, base=checkpoint_generation(state, path)).generation
     cfg = engine.model.cfg
     options = ServeOptions(
         model_id=model_name or f"ngpt-{state.get('phase', 'model')}-step{state.get('step', 0)}",
