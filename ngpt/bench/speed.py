@@ -38,13 +38,26 @@ import torch
 from torch import Tensor, nn
 
 from ngpt.device import MatmulPeak, Precision, device_name, measure_matmul_peak, retain_freed_memory, synchronize
-from ngpt.engine import NO_AUTOCAST, PRECISION_LABELS, decode_precision, prepare_for_decoding
+from ngpt.engine import NO_AUTOCAST, PRECISION_LABELS, prepare_for_decoding
 from ngpt.model import GPT, resolved_d_ff
 from ngpt.settings import ModelSettings
 from ngpt.train.optim import make_optimizer
 
 COMPARE_CHOICES = ("transformers",)
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def model_dims(cfg: ModelSettings) -> dict:
+    """The model's shapes: the first keys of the "config" record of both speed reports."""
+    return {
+        "vocab_size": cfg.vocab_size, "seq_len": cfg.seq_len, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head, "d_ff": resolved_d_ff(cfg),
+    }
+
+
+def speed_ratio(ours: ModelTiming | DecodeTiming, other: ModelTiming | DecodeTiming | None) -> float | None:
+    """Our tokens/s over `other`'s (> 1: ours is faster); None when `other` was not timed."""
+    return None if other is None else ours.tokens_per_s / other.tokens_per_s
 
 
 @dataclass(frozen=True)
@@ -123,16 +136,15 @@ class TrainSpeedReport:
     @property
     def ratio(self) -> float | None:
         """Our tokens/s over transformers' (> 1: ngpt is faster)."""
-        return None if self.transformers is None else self.ours.tokens_per_s / self.transformers.tokens_per_s
+        return speed_ratio(self.ours, self.transformers)
 
     def to_json(self) -> dict:
-        p, m = self.plan, self.plan.model
+        p = self.plan
         out = {
             "mode": "train",
             "config": {
-                "vocab_size": m.vocab_size, "seq_len": m.seq_len, "n_embd": m.n_embd, "n_layer": m.n_layer,
-                "n_head": m.n_head, "d_ff": resolved_d_ff(m), "micro_b": p.micro_b,
-                "tokens_per_step": p.tokens_per_step, "warmup_steps": p.warmup_steps, "steps": p.steps,
+                **model_dims(p.model), "micro_b": p.micro_b, "tokens_per_step": p.tokens_per_step,
+                "warmup_steps": p.warmup_steps, "steps": p.steps,
                 "activation_checkpointing": p.activation_checkpointing, "compile": p.compile,
             },
             "device": str(p.device),
@@ -383,20 +395,19 @@ class DecodeSpeedReport:
     @property
     def kv_cache_speedup(self) -> float | None:
         """Tokens/s with the KV cache over tokens/s without it."""
-        return None if self.uncached is None else self.ours.tokens_per_s / self.uncached.tokens_per_s
+        return speed_ratio(self.ours, self.uncached)
 
     @property
     def ratio(self) -> float | None:
         """Our tokens/s over transformers' generate (> 1: ngpt is faster)."""
-        return None if self.transformers is None else self.ours.tokens_per_s / self.transformers.tokens_per_s
+        return speed_ratio(self.ours, self.transformers)
 
     def to_json(self) -> dict:
-        p, m = self.plan, self.plan.model
+        p = self.plan
         out = {
             "mode": "decode",
             "config": {
-                "vocab_size": m.vocab_size, "seq_len": m.seq_len, "n_embd": m.n_embd, "n_layer": m.n_layer,
-                "n_head": m.n_head, "d_ff": resolved_d_ff(m), "batch_size": 1, "sampling": "greedy",
+                **model_dims(p.model), "batch_size": 1, "sampling": "greedy",
                 "prompt_tokens": p.prompt_tokens, "new_tokens": p.new_tokens, "repeats": p.repeats,
             },
             "params": self.params,

@@ -15,10 +15,9 @@ of it split alike.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
-from ngpt.sources.base import Conversation, Split, local_files, only
-from ngpt.sources.tables import TABLE_EXTS, HubOrLocal, check_columns, hub_rows, table_rows
+from ngpt.sources.base import Conversation, Split, only
+from ngpt.sources.tables import HubOrLocal, hub_rows, table_rows
 
 COLUMNS = ("instruction", "context", "response")
 
@@ -34,16 +33,7 @@ def to_messages(row: dict) -> list[dict] | None:
 class Dolly15k(HubOrLocal):
     name = "dolly15k"
     kind = "sft"
-
-    def _files(self) -> list[Path]:
-        return local_files(self.name, self.path, TABLE_EXTS)
-
-    def check(self) -> None:
-        if self.path is None:
-            self.check_hub()
-            return
-        for f in self._files():
-            check_columns(self.name, f, COLUMNS)
+    required_columns = COLUMNS
 
     def _rows(self) -> Iterator[tuple[str, dict]]:
         if self.path is None:

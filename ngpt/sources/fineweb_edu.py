@@ -15,26 +15,16 @@ token_count, score, int_score), read in sorted file order.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
-from ngpt.sources.base import Document, local_files
-from ngpt.sources.tables import TABLE_EXTS, HubOrLocal, check_columns, hub_rows, table_rows
+from ngpt.sources.base import Document
+from ngpt.sources.tables import HubOrLocal, hub_rows, table_rows
 
 
 class FinewebEdu(HubOrLocal):
     name = "fineweb_edu"
     kind = "pretrain"
     streamed = True
-
-    def _files(self) -> list[Path]:
-        return local_files(self.name, self.path, TABLE_EXTS)
-
-    def check(self) -> None:
-        if self.path is None:
-            self.check_hub()
-            return
-        for f in self._files():
-            check_columns(self.name, f, ("text",))
+    required_columns = ("text",)
 
     def token_budgets(self) -> dict[str, int | None]:
         return {"val": self.settings.data.fineweb_val_tokens, "train": self.settings.data.fineweb_train_tokens}

@@ -19,8 +19,8 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from ngpt.sources.base import Document, Split, local_files, only
-from ngpt.sources.tables import TABLE_EXTS, HubOrLocal, check_columns, hub_rows, is_table, read_text, table_rows
+from ngpt.sources.base import Document, Split, only
+from ngpt.sources.tables import TABLE_EXTS, HubOrLocal, hub_rows, is_table, read_text, table_rows
 
 MAX_CHUNK_CHARS = 20_000
 HUB_SPLIT = "en"
@@ -97,16 +97,8 @@ class Gutenberg(HubOrLocal):
     name = "gutenberg"
     kind = "pretrain"
 
-    def _files(self) -> list[Path]:
-        return local_files(self.name, self.path, (".txt",) + TABLE_EXTS)
-
-    def check(self) -> None:
-        if self.path is None:
-            self.check_hub()
-            return
-        for f in self._files():
-            if is_table(f):
-                check_columns(self.name, f, ("text",))
+    file_exts = (".txt",) + TABLE_EXTS
+    required_columns = ("text",)
 
     def _books(self) -> Iterator[tuple[str, str, str]]:
         """(book key, where for refs, raw text) per book, in a deterministic order."""

@@ -23,8 +23,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ngpt.sources.base import Conversation, Split, local_files, only
-from ngpt.sources.tables import TABLE_EXTS, SplitFilesOrCarved, check_columns, hub_rows, split_files, table_rows
+from ngpt.sources.base import Conversation, Split, only
+from ngpt.sources.tables import SplitFilesOrCarved, hub_rows, split_files, table_rows
 
 COLUMNS = ("message_id", "parent_id", "text", "role", "lang", "deleted", "rank", "message_tree_id")
 HUB_SPLITS = {"train": "train", "val": "validation"}
@@ -71,18 +71,7 @@ def threads(rows: Iterable[dict], lang: str) -> Iterator[tuple[str, list[dict]]]
 class Oasst1(SplitFilesOrCarved):
     name = "oasst1"
     kind = "sft"
-
-    def _files(self) -> list[Path]:
-        return local_files(self.name, self.path, TABLE_EXTS)
-
-    def check(self) -> None:
-        if self.path is None:
-            self.check_hub()
-            return
-        files = self._files()
-        for f in files:
-            check_columns(self.name, f, COLUMNS)
-        split_files(self.name, self.path, files)
+    required_columns = COLUMNS
 
     def _conversations(self, rows: Iterable[dict], where: str) -> Iterator[tuple[str, Conversation]]:
         for tree_id, messages in threads(rows, self.settings.data.oasst_lang):

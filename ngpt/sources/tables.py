@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from ngpt.settings import Settings
-from ngpt.sources.base import Source, SourceDataError, Split, hub_check, split_of
+from ngpt.sources.base import Source, SourceDataError, Split, hub_check, local_files, split_of
 
 TABLE_EXTS: tuple[str, ...] = (".parquet", ".jsonl", ".json")
 T = TypeVar("T")
@@ -35,7 +35,13 @@ _SPLIT_WORD = re.compile(r"(?<![a-z])(train|valid|validation|test)(?![a-z])")
 
 
 class HubOrLocal(Source):
-    """A source read from the hub (`data.hub.<name>`) unless `data.sources.<name>` gives a local path."""
+    """A source read from the hub (`data.hub.<name>`) unless `data.sources.<name>` gives a local path.
+
+    A local path holds files ending in `file_exts`; every table among them must have the columns
+    `required_columns` (what `check()` verifies)."""
+
+    file_exts: tuple[str, ...] = TABLE_EXTS
+    required_columns: tuple[str, ...]
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -46,20 +52,36 @@ class HubOrLocal(Source):
     def origin(self) -> str:
         return f"local {self.path}" if self.path is not None else hub_origin(self.hub)
 
+    def _files(self) -> list[Path]:
+        return local_files(self.name, self.path, self.file_exts)
+
+    def check(self) -> None:
+        if self.path is None:
+            self.check_hub()
+            return
+        self.check_files(self._files())
+
     def check_hub(self) -> None:
         hub_check(self.name, parse_hub(self.hub)[0])
 
+    def check_files(self, files: list[Path]) -> None:
+        """SourceDataError when a local table lacks a required column (text files have no schema)."""
+        for f in files:
+            if is_table(f):
+                check_columns(self.name, f, self.required_columns)
+
     def carve_tagged(self, items: Iterable[tuple[str, T]]) -> Iterator[tuple[Split, T]]:
         return carve_tagged(items, self.settings.data.val_fraction, self.settings.data.seed)
-
 
 
 class SplitFilesOrCarved(HubOrLocal):
     """A hub source with train/val splits whose local copy either names its splits in file names or
     holds one split that is carved into train/val (wikitext, oasst1)."""
 
-    def _files(self) -> list[Path]:
-        raise NotImplementedError
+    def check_files(self, files: list[Path]) -> None:
+        super().check_files(files)
+        # Some files named by split beside others named by none is an error: raise it now, not mid-build.
+        split_files(self.name, self.path, files)
 
     def _carved(self, files: list[Path]) -> Iterator[tuple[Split, object]]:
         raise NotImplementedError

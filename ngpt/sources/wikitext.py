@@ -20,8 +20,8 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from ngpt.sources.base import Document, Split, local_files, only
-from ngpt.sources.tables import TABLE_EXTS, SplitFilesOrCarved, check_columns, hub_rows, is_table, split_files, text_lines, table_rows
+from ngpt.sources.base import Document, Split, only
+from ngpt.sources.tables import TABLE_EXTS, SplitFilesOrCarved, hub_rows, is_table, split_files, table_rows, text_lines
 
 # " = Title = " opens an article; " = = Section = = " (a title starting with "=") does not.
 TOP_HEADING = re.compile(r"^ = ([^=].*?) = $")
@@ -64,18 +64,8 @@ class WikiText(SplitFilesOrCarved):
     name = "wikitext"
     kind = "pretrain"
 
-    def _files(self) -> list[Path]:
-        return local_files(self.name, self.path, TABLE_EXTS + TEXT_EXTS)
-
-    def check(self) -> None:
-        if self.path is None:
-            self.check_hub()
-            return
-        files = self._files()
-        for f in files:
-            if is_table(f):
-                check_columns(self.name, f, ("text",))
-        split_files(self.name, self.path, files)
+    file_exts = TABLE_EXTS + TEXT_EXTS
+    required_columns = ("text",)
 
     def iter_split(self, split: Split) -> Iterator[Document]:
         if self.path is None:
