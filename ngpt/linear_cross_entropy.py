@@ -40,6 +40,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         w = weight.to(compute_dtype)
         acc = torch.promote_types(compute_dtype, torch.float32)  # softmax and sums: fp32 at least
         n_valid = (targets != IGNORE_INDEX).sum()
+        # Pretrain windows are all labelled: skip zeroing unlabelled rows' gradients then. Asking is a
+        # host sync, which torch.compile cannot trace: compiled code always zeroes them.
+        all_labelled = not torch.compiler.is_compiling() and bool(n_valid == targets.numel())
         total = torch.zeros((), dtype=acc, device=x.device)
         grad_x = torch.empty_like(x) if want_x else None
         grad_w = torch.zeros(weight.shape, dtype=acc, device=x.device) if want_w else None
@@ -55,8 +58,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 # d(sum of row losses)/d logits = softmax − one-hot(target), on labelled rows only
                 grad = logp.exp_()
                 grad[torch.arange(grad.size(0), device=grad.device), safe] -= 1
-                if not bool(valid.all()):  # SFT rows; pretrain windows are all labelled
-                    grad[~valid] = 0
+                if not all_labelled:
+                    grad.masked_fill_(~valid[:, None], 0)
                 grad = grad.to(compute_dtype)
                 if want_x:
                     grad_x[start : start + rows] = matmul_nt(grad, w.t())  # grad @ w

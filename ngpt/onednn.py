@@ -10,7 +10,8 @@ the summation order differs), so results match MKL's to fp32 rounding.
     layer = Linear(384, 1024, bias=False)    # an nn.Linear: same parameters, state dict and init
     y = matmul_nt(a, b)                      # a @ b.T for 2-D fp32 CPU tensors (no autograd)
 
-Anything else (bf16/fp16, autocast, GPUs, a torch without the op) takes the ordinary path.
+Anything else (bf16/fp16, autocast, GPUs, code being compiled by torch.compile, a torch without the op)
+takes the ordinary path.
 The op is `torch.ops.mkldnn._linear_pointwise`, the one torch.compile's CPU backend emits.
 """
 
@@ -37,6 +38,8 @@ def _applies(*tensors: Tensor) -> bool:
     return (
         all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
         and not torch.is_autocast_enabled("cpu")
+        # torch.compile lowers this op only for weights it prepacked itself: let it compile plain mm
+        and not torch.compiler.is_compiling()
         and available()
     )
 
