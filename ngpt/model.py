@@ -79,7 +79,8 @@ def rotate_half(x: Tensor) -> Tensor:
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate x (B, H, T, D) by the angles of its positions; cos/sin are (T, D) rows for those positions."""
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # under bf16 autocast, stay in bf16
+    if cos.dtype != x.dtype:  # under bf16 autocast, stay in bf16 (the check: decoding calls this 2·L times a token)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + rotate_half(x) * sin
 
 
