@@ -4,24 +4,33 @@ Pretrain: each row is a random window of T+1 tokens from one cache, the cache ch
 weight; x = window[:-1], y = window[1:].
 SFT: rows pack whole examples (ids + labels) one after another up to T+1 tokens; the example that
 does not fit starts the next row. Padding is <|eot|> with label -100, so loss is only ever taken
-where the chat template said so (assistant content and its <|eot|>).
+where the chat template said so (assistant content and its <|eot|>). Each position also carries the
+number of its example within the row (`doc_ids`), so attention stays inside one example, as it is
+when the model later chats (GPT.forward's doc_ids).
 
 All randomness comes from one numpy Generator seeded by (seed, rank): every DDP rank draws its own
 stream, and `state_dict()` / `load_state_dict()` let a resumed run continue the very same stream.
 
     batches = PretrainBatches(readers, weights, batch_size=8, seq_len=512, seed=1337)
-    x, y = batches.next()      # two (8, 512) int64 tensors
+    x, y, doc_ids = batches.next()      # (8, 512) int64 inputs and labels; doc_ids None (SFT: (8, 512))
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ngpt.chat_format import IGNORE_INDEX
 from ngpt.tokcache.reader import PretrainReader, SFTReader
+
+
+class Batch(NamedTuple):
+    x: torch.Tensor  # (B, T) input ids
+    y: torch.Tensor  # (B, T) labels: the next id, IGNORE_INDEX (-100) where no loss is taken
+    doc_ids: torch.Tensor | None = None  # (B, T) SFT: which packed example of its row a position is in
 
 
 class _MixtureBatches:
@@ -52,7 +61,7 @@ class PretrainBatches(_MixtureBatches):
 
     readers: list[PretrainReader]
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> Batch:
         rows = np.empty((self.batch_size, self.seq_len + 1), dtype=np.int64)
         which = self._pick_sources(self.batch_size)
         for j, reader in enumerate(self.readers):
@@ -60,7 +69,7 @@ class PretrainBatches(_MixtureBatches):
             if idx.size:
                 rows[idx] = reader.sample(self.rng, idx.size, self.seq_len)
         t = torch.from_numpy(rows)
-        return t[:, :-1], t[:, 1:]
+        return Batch(t[:, :-1], t[:, 1:])
 
 
 class SFTBatches(_MixtureBatches):
@@ -84,12 +93,13 @@ class SFTBatches(_MixtureBatches):
         j = int(self._pick_sources(1)[0])
         return j, int(self.rng.integers(0, self.readers[j].num_examples))
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next(self) -> Batch:
         width = self.seq_len + 1
         ids = np.full((self.batch_size, width), self.pad_id, dtype=np.int64)
         labels = np.full((self.batch_size, width), IGNORE_INDEX, dtype=np.int64)
+        docs = np.empty((self.batch_size, width), dtype=np.int64)
         for row in range(self.batch_size):
-            pos = 0
+            pos, doc = 0, 0
             while True:
                 j, i = self.pending if self.pending is not None else self._draw()
                 ex_ids, ex_labels = self.readers[j].example(i)
@@ -99,10 +109,12 @@ class SFTBatches(_MixtureBatches):
                 self.pending = None
                 ids[row, pos : pos + len(ex_ids)] = ex_ids
                 labels[row, pos : pos + len(ex_ids)] = ex_labels
-                pos += len(ex_ids)
+                docs[row, pos : pos + len(ex_ids)] = doc
+                pos, doc = pos + len(ex_ids), doc + 1
                 if pos >= width:
                     break
-        return torch.from_numpy(ids[:, :-1]), torch.from_numpy(labels[:, 1:])
+            docs[row, pos:] = doc  # the padding after the last example: a document of its own
+        return Batch(torch.from_numpy(ids[:, :-1]), torch.from_numpy(labels[:, 1:]), torch.from_numpy(docs[:, :-1]))
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "pending": list(self.pending) if self.pending else None}

@@ -90,19 +90,30 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 QUERY_CHUNK = 128  # query rows per block in matmul_causal_attention (64/128/256/512: 10.5/9.4/11.2/13.3 ms bf16)
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None = None) -> Tensor:
     """softmax(q kᵀ/√D + causal mask) v for q, k, v (B, H, T, D): the fastest exact kernel per device.
+
+    doc_ids (B, T), for rows packing several documents (SFT): a position only sees earlier positions
+    of its own document, as if each were alone in the row (RoPE is relative, so their offsets in
+    the row do not matter).
 
     On GPUs that is the fused SDPA kernel. On CPUs the fused (flash) kernel is slower than plain
     matmuls: measured fwd+bwd at B=4 H=6 T=512 D=64 on a 2-core AVX512-BF16 CPU, SDPA 26 ms (bf16) /
     30 ms (fp32) per layer vs matmul_causal_attention 9.4 / 18 ms. `ngpt bench speed --train` shows it.
     """
     if q.device.type == "cpu":
-        return matmul_causal_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return matmul_causal_attention(q, k, v, doc_ids=doc_ids)
+    if doc_ids is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    T = q.size(-2)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    same_doc = doc_ids[:, None, :, None] == doc_ids[:, None, None, :]  # (B, 1, T, T)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal & same_doc)
 
 
-def matmul_causal_attention(q: Tensor, k: Tensor, v: Tensor, chunk: int = QUERY_CHUNK) -> Tensor:
+def matmul_causal_attention(
+    q: Tensor, k: Tensor, v: Tensor, chunk: int = QUERY_CHUNK, doc_ids: Tensor | None = None
+) -> Tensor:
     """Causal attention as batched matmuls, in blocks of `chunk` query rows.
 
     Block i (queries i·chunk ..) only multiplies against the keys it may see (0 .. its last row),
@@ -112,7 +123,7 @@ def matmul_causal_attention(q: Tensor, k: Tensor, v: Tensor, chunk: int = QUERY_
     (_BlockCausalAttention): left to autograd, every block's slice of k and v would get its own
     full-size zero-filled gradient to be summed, ~4 % of a CPU training step.
     """
-    return _BlockCausalAttention.apply(q, k, v, chunk)
+    return _BlockCausalAttention.apply(q, k, v, chunk, doc_ids)
 
 
 def _future_mask(n: int, device: torch.device) -> Tensor:
@@ -122,7 +133,7 @@ def _future_mask(n: int, device: torch.device) -> Tensor:
 
 class _BlockCausalAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, chunk: int) -> Tensor:
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, chunk: int, doc_ids: Tensor | None) -> Tensor:
         T, scale = q.size(-2), q.size(-1) ** -0.5
         q = q * scale  # before the matmul: T×D values instead of T×T
         out = torch.empty_like(q)
@@ -133,6 +144,9 @@ class _BlockCausalAttention(torch.autograd.Function):
             # Row r (position start + r) sees keys 0 .. start + r: all before the block, and the
             # lower triangle of its own square.
             scores[..., start:end].masked_fill_(_future_mask(end - start, q.device), float("-inf"))
+            if doc_ids is not None:  # and nothing of another document packed in the same row
+                other_doc = doc_ids[:, None, start:end, None] != doc_ids[:, None, None, :end]
+                scores.masked_fill_(other_doc, float("-inf"))
             p = scores.softmax(dim=-1)
             out[..., start:end, :] = p @ v[..., :end, :]
             probs.append(p)
@@ -153,7 +167,7 @@ class _BlockCausalAttention(torch.autograd.Function):
             grad_scores = torch._softmax_backward_data(g @ v[..., :end, :].transpose(-2, -1), p, -1, p.dtype)
             grad_q[..., start:end, :] = grad_scores @ k[..., :end, :]
             grad_k[..., :end, :] += grad_scores.transpose(-2, -1) @ q[..., start:end, :]
-        return grad_q * ctx.scale, grad_k, grad_v, None
+        return grad_q * ctx.scale, grad_k, grad_v, None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,7 +210,9 @@ class CausalSelfAttention(nn.Module):
         qkv = self.qkv(x).split(C, dim=-1) if self.qkv is not None else (self.q(x), self.k(x), self.v(x))
         return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in qkv)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None, doc_ids: Tensor | None = None
+    ) -> Tensor:
         B, T, C = x.shape
         q, k, v = self.project(x)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
@@ -204,7 +220,7 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.update(self.layer_idx, k, v)
         S = k.size(2)  # keys visible: the cached past plus these T
         if S == T:  # no past: plain causal attention
-            y = causal_attention(q, k, v)
+            y = causal_attention(q, k, v, doc_ids)
         elif T == 1:  # one new token decoding: it may see every cached key
             y = F.scaled_dot_product_attention(q, k, v)
         else:  # T new tokens after a cached past: query i sees keys 0 .. S-T+i (is_causal would align top-left)
@@ -240,8 +256,10 @@ class Block(nn.Module):
         # The one place dropout lives: on each branch's output before it joins the residual stream.
         self.dropout = cfg.dropout
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None) -> Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, kv_cache))
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None, doc_ids: Tensor | None = None
+    ) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, kv_cache, doc_ids))
         x = x + self.drop(self.mlp(self.mlp_norm(x)))
         return x
 
@@ -288,6 +306,7 @@ class GPT(nn.Module):
         start_pos: int = 0,
         kv_cache: KVCache | None = None,
         logits: Literal["all", "last", "none"] = "all",
+        doc_ids: Tensor | None = None,
     ) -> tuple[Tensor | None, Tensor | None]:
         """idx (B, T) → logits (B, T, V), and the mean cross entropy when targets (B, T) are given.
 
@@ -296,6 +315,7 @@ class GPT(nn.Module):
         logits: "all" positions; "last" only (B, 1, V), what generation needs after a prompt; "none",
         what training wants: the loss comes from the fused head + cross entropy (linear_cross_entropy),
         which never holds the (B, T, V) logits, and None is returned in their place.
+        doc_ids (B, T): for rows packing several documents (SFT batches), attention stays within each.
         """
         B, T = idx.shape
         if start_pos + T > self.cfg.seq_len:
@@ -307,6 +327,8 @@ class GPT(nn.Module):
             raise ValueError(f"logits={logits!r}; choose 'all', 'last' or 'none'")
         if logits == "none" and targets is None:
             raise ValueError("logits='none' returns only the loss, so it needs targets")
+        if doc_ids is not None and kv_cache is not None:
+            raise ValueError("doc_ids are for whole packed rows (training), not for KV-cache generation")
         cos = self.rope_cos[start_pos : start_pos + T]
         sin = self.rope_sin[start_pos : start_pos + T]
         x = self.tok_emb(idx)
@@ -314,9 +336,9 @@ class GPT(nn.Module):
         recompute = self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled()
         for block in self.blocks:
             if recompute:
-                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, None, doc_ids, use_reentrant=False)
             else:
-                x = block(x, cos, sin, kv_cache)
+                x = block(x, cos, sin, kv_cache, doc_ids)
         x = self.norm(x)
         if logits == "none":
             return None, linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T))

@@ -302,3 +302,32 @@ def test_torch_compile_trains_like_eager():
     assert compiled.item() == pytest.approx(eager.item(), abs=1e-5)
     for a, p in zip(grads, model.parameters()):
         torch.testing.assert_close(p.grad, a, rtol=1e-4, atol=1e-6)
+
+
+def test_doc_ids_keep_packed_documents_apart():
+    """A document packed after another gets exactly the logits it gets alone."""
+    model = tiny_model().double()
+    a, b = random_idx(1, 11, seed=7), random_idx(1, 13, seed=8)
+    packed = torch.cat([a, b], dim=1)
+    doc_ids = torch.tensor([[0] * 11 + [1] * 13])
+    alone, _ = model(b)
+    together, _ = model(packed, doc_ids=doc_ids)
+    torch.testing.assert_close(together[:, 11:], alone)
+    leaky, _ = model(packed)  # without doc_ids, b attends to a
+    assert (leaky[:, 11:] - alone).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="not for KV-cache generation"):
+        model(b, doc_ids=doc_ids[:, :13], kv_cache=ListKVCache())
+
+
+@pytest.mark.parametrize("chunk", [4, 128])
+def test_matmul_causal_attention_with_doc_ids_equals_masked_sdpa(chunk):
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 3, 19, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    doc_ids = torch.tensor([[0] * 5 + [1] * 9 + [2] * 5, [0] * 19])
+    mask = torch.ones(19, 19, dtype=torch.bool).tril() & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
+    ours = matmul_causal_attention(q, k, v, chunk, doc_ids=doc_ids)
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(ours, ref)
+    out_grad = torch.randn_like(ref)
+    for x, y in zip(torch.autograd.grad(ours, (q, k, v), out_grad), torch.autograd.grad(ref, (q, k, v), out_grad)):
+        torch.testing.assert_close(x, y)

@@ -15,9 +15,10 @@ from contextlib import AbstractContextManager
 import torch
 import torch.nn.functional as F
 
+from ngpt.batches import Batch
 from ngpt.chat_format import IGNORE_INDEX
 
-BatchFn = Callable[[], tuple[torch.Tensor, torch.Tensor]]
+BatchFn = Callable[[], Batch]  # ngpt.batches: x, y, doc_ids
 
 
 @torch.no_grad()
@@ -37,10 +38,10 @@ def eval_losses(
     bpb_nats = 0.0
     total_bytes = 0
     for _ in range(n_batches):
-        x, y = next_batch()
+        x, y, doc_ids = next_batch()
         x, y = x.to(device), y.to(device)
         with autocast():
-            logits, _ = model(x)
+            logits, _ = model(x, doc_ids=None if doc_ids is None else doc_ids.to(device))
         nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
         valid = y.flatten() != IGNORE_INDEX
         total_nats += float(nats[valid].sum())

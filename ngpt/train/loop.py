@@ -258,13 +258,14 @@ def run_phase(
                 group["lr"] = lr
             loss_sum = 0.0
             for micro in range(cfg.accum_steps):
-                x, y = batches.next()
+                x, y, doc_ids = batches.next()
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                doc_ids = None if doc_ids is None else doc_ids.to(device, non_blocking=True)
                 last = micro == cfg.accum_steps - 1
                 sync = contextlib.nullcontext() if (last or not info.enabled) else train_model.no_sync()
                 with sync:
                     with autocast():
-                        _, loss = train_model(x, y, logits="none")
+                        _, loss = train_model(x, y, logits="none", doc_ids=doc_ids)
                     loss = loss / cfg.accum_steps
                     (scaler.scale(loss) if scaler else loss).backward()
                 loss_sum += loss.detach().item()
