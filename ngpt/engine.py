@@ -519,7 +519,10 @@ def checkpoint_generation(state: dict, path: Path) -> tuple[str, dict]:
     Chat and serve put it under --config, env and flags (settings.load_settings `base`): a model
     trained with, say, temperature 0.7 in its config chats at 0.7 unless told otherwise.
     """
-    generation = (state.get("overrides") or {}).get("generation") or {}
+    overrides = state.get("overrides") or {}  # as ngpt train records them: {"config": {...}, "flags": {...}}
+    generation = {**(overrides.get("config") or {}).get("generation", {}), **(overrides.get("flags") or {}).get("generation", {})}
+    # A key a later ngpt renamed or dropped is not the user's mistake now: leave it out.
+    generation = {k: v for k, v in generation.items() if k in GenerationSettings.model_fields}
     return f"checkpoint {path}", {"generation": generation} if generation else {}
 
 

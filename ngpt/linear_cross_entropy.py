@@ -35,8 +35,9 @@ def block_rows(vocab_size: int) -> int:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, compute_dtype: torch.dtype) -> Tensor:
-        want_x, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, compute_dtype: torch.dtype, grad_mode: bool) -> Tensor:
+        # needs_input_grad says requires_grad, not whether grad mode was on at the call (it is off in here)
+        want_x, want_w = grad_mode and ctx.needs_input_grad[0], grad_mode and ctx.needs_input_grad[1]
         w = weight.to(compute_dtype)
         acc = torch.promote_types(compute_dtype, torch.float32)  # softmax and sums: fp32 at least
         n_valid = (targets != IGNORE_INDEX).sum()
@@ -81,6 +82,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None if grad_w is None else grad_w * grad_out.to(grad_w.dtype),
             None,
             None,
+            None,
         )
 
 
@@ -97,4 +99,4 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
         compute_dtype = torch.promote_types(x.dtype, weight.dtype)
     # The function casts by itself; autocast around it would recast what it already cast.
     with torch.autocast(device_type, enabled=False):
-        return _LinearCrossEntropy.apply(x, weight, targets, compute_dtype)
+        return _LinearCrossEntropy.apply(x, weight, targets, compute_dtype, torch.is_grad_enabled())

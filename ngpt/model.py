@@ -97,7 +97,8 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None = N
     of its own document, as if each were alone in the row (RoPE is relative, so their offsets in
     the row do not matter).
 
-    On GPUs that is the fused SDPA kernel. On CPUs the fused (flash) kernel is slower than plain
+    On GPUs that is the fused SDPA kernel (with doc_ids, SDPA with a dense (B, 1, T, T) mask, which
+    rules out the flash kernel: unmeasured, no GPU here). On CPUs the fused (flash) kernel is slower than plain
     matmuls: measured fwd+bwd at B=4 H=6 T=512 D=64 on a 2-core AVX512-BF16 CPU, SDPA 26 ms (bf16) /
     30 ms (fp32) per layer vs matmul_causal_attention 9.4 / 18 ms. `ngpt bench speed --train` shows it.
     """
@@ -158,6 +159,9 @@ class _BlockCausalAttention(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         q, k, v, *probs = ctx.saved_tensors  # q is already scaled
         T, chunk = q.size(-2), ctx.chunk
+        # Keys and values get a gradient from every block at or after theirs, summed in the inputs' dtype:
+        # under bf16 that is T/chunk - 1 extra roundings (3 at T=512), no coarser than the bf16 matmuls
+        # they then flow through. Summing in fp32 measured 17 % slower attention (11.0 vs 9.4 ms/layer).
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
         for p, start in zip(probs, range(0, T, chunk)):
             end = min(start + chunk, T)
@@ -181,7 +185,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype == torch.float32 == self.weight.dtype:  # one fused op, bit-identical to the lines below
+        if x.dtype == torch.float32 == self.weight.dtype:  # the lines below in one op (bit-identical on CPU, tested)
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Statistics in fp32 even under bf16 (a mean of squares loses too much in 8 mantissa bits);
         # cast back before the weight, as Llama does.
@@ -313,8 +317,9 @@ class GPT(nn.Module):
         targets[b, t] is the label for position t (already shifted); IGNORE_INDEX (-100) means no loss.
         start_pos is the position of idx[:, 0] (the number of tokens already in kv_cache).
         logits: "all" positions; "last" only (B, 1, V), what generation needs after a prompt; "none",
-        what training wants: the loss comes from the fused head + cross entropy (linear_cross_entropy),
-        which never holds the (B, T, V) logits, and None is returned in their place.
+        what training wants: only the loss, and None in the logits' place. On the CPU it comes from the
+        fused head + cross entropy (linear_cross_entropy), which never holds the (B, T, V) logits; its
+        row blocks were tuned there, so other devices keep the plain cross entropy until measured.
         doc_ids (B, T): for rows packing several documents (SFT batches), attention stays within each.
         """
         B, T = idx.shape
@@ -327,6 +332,8 @@ class GPT(nn.Module):
             raise ValueError(f"logits={logits!r}; choose 'all', 'last' or 'none'")
         if logits == "none" and targets is None:
             raise ValueError("logits='none' returns only the loss, so it needs targets")
+        if logits == "last" and targets is not None:
+            raise ValueError("logits='last' gives one position; a loss over targets needs logits='all' or 'none'")
         if doc_ids is not None and kv_cache is not None:
             raise ValueError("doc_ids are for whole packed rows (training), not for KV-cache generation")
         cos = self.rope_cos[start_pos : start_pos + T]
@@ -340,7 +347,9 @@ class GPT(nn.Module):
             else:
                 x = block(x, cos, sin, kv_cache, doc_ids)
         x = self.norm(x)
-        if logits == "none":
+        if logits == "none" and x.device.type == "cpu":
+            if not isinstance(self.lm_head, nn.Linear):
+                raise ValueError("logits='none' trains through the head's weight; this model's head is quantized (inference only)")
             return None, linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T))
         out = self.lm_head(x[:, -1:] if logits == "last" else x)
         loss = None
@@ -349,7 +358,7 @@ class GPT(nn.Module):
             loss = F.cross_entropy(
                 out.float().flatten(0, 1), targets[:, -out.size(1) :].reshape(-1), ignore_index=IGNORE_INDEX
             )
-        return out, loss
+        return (None if logits == "none" else out), loss
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters counted once (the tied head is the embedding); non_embedding drops the V×C table."""
@@ -367,3 +376,12 @@ class GPT(nn.Module):
         """
         T = self.cfg.seq_len if seq_len is None else seq_len
         return 6 * self.num_params() + 12 * self.cfg.n_layer * self.cfg.n_embd * T
+
+
+def param_count(cfg: ModelSettings) -> int:
+    """The parameter count of a model of these shapes, without allocating weights (built on `meta`).
+
+    Also right for a quantized model, whose int8 weights are buffers, not parameters.
+    """
+    with torch.device("meta"):
+        return GPT(cfg).num_params()

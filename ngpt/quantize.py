@@ -4,8 +4,9 @@ Batch-1 decoding multiplies one token's activations by every weight matrix, so a
 what reading the weights costs. Storing each matrix as int8 with one scale per output row (symmetric,
 absmax/127) quarters the bytes of fp32; `torch._weight_int8pack_mm` multiplies bf16 activations by
 them without ever writing a dequantised copy. Embedding lookup, norms, RoPE, attention and the KV
-cache stay fp32, so only the matmul weights are rounded (relative error ≤ 1/254 of a row's largest
-weight). The tied head gets its own int8 copy; the embedding table it shares stays fp32 for lookups.
+cache stay fp32; what is rounded is each matmul's weights (by at most half a step: ~1/254 of the row's
+largest weight) and its input (to bf16). The tied head gets its own int8 copy; the embedding table
+it shares stays fp32 for lookups.
 
     from ngpt.quantize import quantize_int8
     model = quantize_int8(model)       # in place; then Engine(model, tok, "cpu", NO_AUTOCAST)
@@ -36,9 +37,12 @@ class Int8Linear(nn.Module):
     def __init__(self, weight: Tensor) -> None:
         super().__init__()
         w = weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127
-        self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scale", scale.to(ACTIVATION_DTYPE))
+        absmax = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny)
+        # The kernel takes the scale in bf16: round it up (bf16 rounding is within 2⁻⁹), then quantise
+        # against the scale really used, so every weight is within half a step and none clips.
+        scale = (absmax / 127 * (1 + 2**-8)).to(ACTIVATION_DTYPE)
+        self.register_buffer("weight", torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scale", scale)
         self.out_features, self.in_features = w.shape
 
     def forward(self, x: Tensor) -> Tensor:
@@ -50,7 +54,7 @@ class Int8Linear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def dequantized(self) -> Tensor:
-        """The weight the module multiplies by, as fp32 (for tests and error reports)."""
+        """The weight the module multiplies by, as fp32 (what the tests compare against)."""
         return self.weight.float() * self.scale.float()[:, None]
 
     def extra_repr(self) -> str:

@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from ngpt.chat_format import IGNORE_INDEX, labels_from_mask, render
 from ngpt.cli.chat import ChatSession
+from ngpt.cli.train import _raw_overrides
 from ngpt.cli.main import app, main
 from ngpt.engine import Engine, SamplingParams
 from ngpt.model import GPT
@@ -280,7 +281,9 @@ def test_interactive_session_ends_on_eof(ckpts, tmp_path):
 def test_checkpoint_generation_settings_sit_under_config_and_flags(ckpts, tmp_path, tiny_tokenizer):
     """A model trained with generation settings chats with them unless --config or a flag says otherwise."""
     state = load_checkpoint(ckpts["random"])
-    state["overrides"] = {"generation": {"temperature": 0.3, "top_k": 7}}
+    train_config = tmp_path / "train.json"
+    train_config.write_text(json.dumps({"generation": {"temperature": 0.3, "top_k": 7, "retired_key": 1}}))
+    state["overrides"] = _raw_overrides(train_config, {"pretrain": {"total_steps": 5}})  # as `ngpt train` records it
     path = tmp_path / "tuned.pt"
     save_checkpoint(path, state)
 

@@ -24,16 +24,16 @@ def test_cpu_resolves_and_fp32_is_off():
 
 
 CHURN = """
-import resource, sys, torch
+import resource, torch
 from ngpt.device import retain_freed_memory
-if sys.argv[1] == "retain":
-    assert retain_freed_memory() is True
+assert retain_freed_memory() is True
 
 def step():  # like a training step: many activations alive at once, all freed at the end
     blocks = [torch.ones(4 * 2**20) for _ in range(8)]  # 8 × 16 MiB, every page touched
     return sum(float(b[0]) for b in blocks)
 
-step()  # the first step always maps its memory
+for _ in range(3):  # the first steps map the memory
+    step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
     step()
@@ -43,13 +43,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
 def test_retained_memory_is_reused_without_page_faults():
-    def faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", CHURN, mode], capture_output=True, text=True, check=True)
-        return int(out.stdout.strip())
-
+    """In steady state a step finds its memory already mapped. (glibc's defaults sometimes trim the heap
+    and fault it all in again every step, depending on the heap's layout: ~1 step's worth each time.)"""
+    out = subprocess.run([sys.executable, "-c", CHURN], capture_output=True, text=True, check=True)
     pages_per_step = 8 * 16 * 2**20 // resource.getpagesize()
-    # Over 5 steps. glibc's defaults hand freed memory back to the OS, so steps fault pages in again
-    # (measured ~2 steps' worth); retained, 3-8x fewer (measured 1/4 to 2/3 of a step).
-    default, retained = faults("default"), faults("retain")
-    assert default > pages_per_step
-    assert 2 * retained < default
+    assert int(out.stdout.strip()) < pages_per_step // 4  # over 5 steps

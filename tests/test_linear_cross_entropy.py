@@ -73,9 +73,17 @@ def test_bf16_autocast_matches_plain_autocast():
         torch.testing.assert_close(a, b, rtol=0.05, atol=2e-3)
 
 
-def test_no_gradient_work_without_grad():
+def test_no_gradient_work_without_grad(monkeypatch):
+    """Under no_grad only the logits are multiplied: one product per block, not three."""
+    calls = []
+    real = lce.matmul_nt
+    monkeypatch.setattr(lce, "matmul_nt", lambda a, b: calls.append(a.shape) or real(a, b))
+    monkeypatch.setattr(lce, "BLOCK_BYTES", 4 * V * 10)  # 4 blocks of 10 rows
     x, w, t = inputs()
     with torch.no_grad():
         loss = linear_cross_entropy(x, w, t)
-    assert not loss.requires_grad
+    assert not loss.requires_grad and len(calls) == 4
     assert loss.item() == pytest.approx(F.cross_entropy(x @ w.T, t, ignore_index=-100).item(), rel=1e-12)
+    calls.clear()
+    linear_cross_entropy(x, w, t)
+    assert len(calls) == 12  # with grad: logits, input gradient, weight gradient

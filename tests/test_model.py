@@ -287,6 +287,8 @@ def test_logits_last_and_none_agree_with_all():
         model(idx, logits="none")
     with pytest.raises(ValueError, match="choose 'all', 'last' or 'none'"):
         model(idx, logits="first")
+    with pytest.raises(ValueError, match="a loss over targets needs"):
+        model(idx, targets, logits="last")
 
 
 def test_torch_compile_trains_like_eager():
@@ -331,3 +333,30 @@ def test_matmul_causal_attention_with_doc_ids_equals_masked_sdpa(chunk):
     out_grad = torch.randn_like(ref)
     for x, y in zip(torch.autograd.grad(ours, (q, k, v), out_grad), torch.autograd.grad(ref, (q, k, v), out_grad)):
         torch.testing.assert_close(x, y)
+
+
+def test_bf16_matmul_causal_attention_tracks_fp32_sdpa():
+    """The path bf16 training runs (bf16 scores and probabilities): close to fp32 SDPA, gradients too."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 3, 300, 16, generator=g) for _ in range(3))
+    out_grad = torch.randn(2, 3, 300, 16, generator=g)
+    ref_in = [t.clone().requires_grad_() for t in (q, k, v)]
+    ref = F.scaled_dot_product_attention(*ref_in, is_causal=True)
+    ref_grads = torch.autograd.grad(ref, ref_in, out_grad)
+    ours_in = [t.bfloat16().requires_grad_() for t in (q, k, v)]
+    ours = matmul_causal_attention(*ours_in)
+    ours_grads = torch.autograd.grad(ours, ours_in, out_grad.bfloat16())
+    torch.testing.assert_close(ours.float(), ref, rtol=0.05, atol=0.03)
+    for a, b in zip(ours_grads, ref_grads):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b, rtol=0.05, atol=0.05)
+
+
+def test_fp32_rmsnorm_fast_path_is_bit_identical_to_the_formula():
+    from ngpt.model import RMSNorm
+
+    norm = RMSNorm(48, 1e-5)
+    torch.nn.init.normal_(norm.weight)
+    x = torch.randn(3, 17, 48) * 4
+    formula = norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    assert torch.equal(norm(x), formula)

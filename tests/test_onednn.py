@@ -15,6 +15,7 @@ from ngpt.onednn import Linear, matmul_nt
 
 def test_the_op_is_available_in_this_torch():
     assert onednn.available()  # pinned torch: if this fails, fp32 CPU training silently lost its fast path
+    assert isinstance(onednn.preferred(), bool)
 
 
 @pytest.mark.parametrize("transpose", [False, True])
@@ -26,7 +27,8 @@ def test_matmul_nt_equals_a_times_b_transposed(transpose):
     torch.testing.assert_close(matmul_nt(a, b), a @ b.T)
 
 
-def test_linear_matches_f_linear_in_value_and_gradient():
+def test_linear_matches_f_linear_in_value_and_gradient(monkeypatch):
+    monkeypatch.setattr(onednn, "preferred", lambda: True)  # whatever this CPU prefers, test the oneDNN path
     torch.manual_seed(0)
     layer = Linear(24, 40, bias=False)
     x = torch.randn(3, 7, 24, requires_grad=True)

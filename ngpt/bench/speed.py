@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ngpt.device import MatmulPeak, Precision, device_name, measure_matmul_peak, retain_freed_memory, synchronize
 from ngpt.engine import NO_AUTOCAST, PRECISION_LABELS, prepare_for_decoding
-from ngpt.model import GPT, resolved_d_ff
+from ngpt.model import GPT, param_count, resolved_d_ff
 from ngpt.settings import ModelSettings
 from ngpt.train.optim import make_optimizer
 
@@ -160,12 +160,6 @@ class TrainSpeedReport:
             out["transformers"] = self.transformers.to_json(self.peak.flops_per_s)
             out["ratio"] = round(self.ratio, 4)
         return out
-
-
-def param_count(cfg: ModelSettings) -> int:
-    """ngpt's parameter count for these shapes, without allocating the weights (built on `meta`)."""
-    with torch.device("meta"):
-        return GPT(cfg).num_params()
 
 
 def synthetic_batch(vocab_size: int, micro_b: int, seq_len: int, seed: int, device: torch.device) -> tuple[Tensor, Tensor]:

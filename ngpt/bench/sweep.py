@@ -40,7 +40,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from ngpt.bench.speed import param_count
+from ngpt.model import param_count
 from ngpt.bench.trial import looks_like_oom
 from ngpt.io_utils import atomic_write_text
 from ngpt.settings import ModelSettings, Settings, SettingsError, deep_merge, load_settings, read_config_file

@@ -155,7 +155,7 @@ def speed(
 
 
 def plan_table(plan: SpeedPlan) -> Table:
-    from ngpt.bench.speed import param_count
+    from ngpt.model import param_count
     from ngpt.device import device_label
     from ngpt.model import resolved_d_ff
 
@@ -188,7 +188,7 @@ def result_table(report: TrainSpeedReport) -> Table:
 
 
 def decode_plan_table(plan: DecodePlan) -> Table:
-    from ngpt.bench.speed import param_count
+    from ngpt.model import param_count
     from ngpt.device import device_label
     from ngpt.engine import PRECISION_LABELS
     from ngpt.model import resolved_d_ff

@@ -134,10 +134,11 @@ def chat(
 
     from ngpt.device import device_label
     from ngpt.engine import PRECISION_LABELS, SamplingParams, checkpoint_generation, load_engine
+    from ngpt.model import param_count
 
     if threads is not None:
         torch.set_num_threads(threads)
-    engine, state, path, dtype = load_engine(ckpt, device, precision.value, use_kv_cache=not no_kv_cache)
+    engine, state, path, chosen = load_engine(ckpt, device, precision.value, use_kv_cache=not no_kv_cache)
     # The checkpoint's own generation settings < --config < env < flags.
     settings = resolve_settings(config, None, {"generation": gen}, print_config, base=checkpoint_generation(state, path))
     model, tok, dev = engine.model, engine.tok, engine.device
@@ -155,10 +156,10 @@ def chat(
     ui.print(kv_table("ngpt chat", {
         "checkpoint": str(path),
         "trained": f"{state.get('phase', '?')} phase, step {state.get('step', '?')}",
-        "model": f"{model.num_params():,} params · V={m.vocab_size} T={seq_len} C={m.n_embd} L={m.n_layer} H={m.n_head}",
+        "model": f"{param_count(m):,} params · V={m.vocab_size} T={seq_len} C={m.n_embd} L={m.n_layer} H={m.n_head}",
         "tokenizer": f"{tok.vocab_size:,} ids · sha256 {tok.sha256[:12]}",
         "device": device_label(dev),
-        "precision": PRECISION_LABELS[dtype],
+        "precision": PRECISION_LABELS[chosen],
         "KV cache": "off (--no-kv-cache)" if no_kv_cache else "on",
         "sampling": sampling_label(params),
         "max new tokens": f"{params.max_new_tokens}{capped}",

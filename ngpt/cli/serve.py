@@ -51,12 +51,13 @@ def serve(
 
     from ngpt.device import device_label
     from ngpt.engine import PRECISION_LABELS
+    from ngpt.model import param_count
     from ngpt.settings import load_settings
 
     api_key = api_key or None  # an empty NGPT_API_KEY means no key, not the empty key
     if threads is not None:
         torch.set_num_threads(threads)
-    engine, state, path, dtype = load_engine(ckpt, device, precision.value)
+    engine, state, path, chosen = load_engine(ckpt, device, precision.value)
     # The checkpoint's own generation settings < --config < env.
     generation = load_settings(config, base=checkpoint_generation(state, path)).generation
     cfg = engine.model.cfg
@@ -66,14 +67,14 @@ def serve(
         max_active=max_concurrent, max_waiting=max_queue, generation=generation, created=int(path.stat().st_mtime),
     )
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    n_params = sum(p.numel() for p in engine.model.parameters())
+    n_params = param_count(cfg)  # counted from the shapes: int8 weights are buffers, not parameters
     console.print(kv_table("ngpt serve", {
         "model": options.model_id,
         "checkpoint": f"{path} (phase {state.get('phase', '?')}, step {state.get('step', '?')})",
         "shape": f"{n_params / 1e6:.2f}M params · {cfg.n_layer} layers × {cfg.n_embd} · context {cfg.seq_len}",
         "tokenizer": f"{engine.tok.vocab_size:,} ids · sha256 {engine.tok.sha256[:12]}",
         "device": device_label(engine.device),
-        "precision": PRECISION_LABELS[dtype],
+        "precision": PRECISION_LABELS[chosen],
         "defaults": f"temperature {generation.temperature} · top_k {generation.top_k} · top_p {generation.top_p} · "
                     f"max_tokens {min(generation.max_new_tokens, max_tokens_cap or cfg.seq_len)} (cap {max_tokens_cap or cfg.seq_len})",
         "concurrency": f"{max_concurrent} generating · {max_queue} waiting",
