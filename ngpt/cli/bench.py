@@ -1,10 +1,12 @@
-"""`ngpt bench speed|sweep`: how fast training and generation run here; the overnight config sweep (not yet).
+"""`ngpt bench speed|quality|sweep`: how fast training and generation run here; what a decode precision
+costs in answers; the overnight config sweep.
 
     ngpt bench speed --train
     ngpt bench speed --train --compare transformers --amp true --amp-dtype bf16
     ngpt bench speed --train --config configs/pretrain.json --micro-b 8 --compile
     ngpt bench speed --decode --compare transformers                # 256 prompt + 256 new tokens, greedy
     ngpt bench speed --decode --precision fp32 --threads 2 --no-uncached
+    ngpt bench quality --ckpt checkpoints/best.pt                    # bf16 and int8 answers vs fp32
 
 `speed` prints the plan, a result table, and as its LAST stdout line one JSON object (for scripts:
 `ngpt bench speed --train | tail -1 | jq .ours.tokens_per_s`, `... --decode | tail -1 | jq .kv_cache_speedup`).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 from enum import Enum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -225,6 +228,47 @@ def decode_result_table(report: DecodeSpeedReport) -> Table:
         [(name, t.tokens_per_s, statistics.median(t.run_s), cell(statistics.median(t.prefill_ms)) if t.prefill_ms else "-",
           cell(t.decode_tokens_per_s), f"{ours / t.tokens_per_s:.2f}") for name, t in rows if t is not None],
     )
+
+
+@app.command()
+def quality(
+    ckpt: Annotated[str, typer.Option("--ckpt", help="Checkpoint file or folder (as for ngpt chat).")],
+    precision: Annotated[
+        Optional[list[DecodePrecision]], typer.Option(help="Precision(s) to compare with fp32 (repeat the flag) [default bf16, int8].")
+    ] = None,
+    prompts: Annotated[Path, typer.Option(help="Chat jsonl whose first user messages are the prompts.")] = Path("data/primer.jsonl"),
+    n: Annotated[int, typer.Option(min=1, help="How many prompts.")] = 30,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest greedy reply per prompt.")] = 48,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
+) -> None:
+    """How much a decode precision changes a checkpoint's answers: KL and top-1 agreement with fp32, identical replies."""
+    import torch
+
+    from ngpt.bench.quality import QualityPlan, run_quality
+    from ngpt.engine import decode_precision
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    chosen = tuple(p.value for p in precision) if precision else ("bf16", "int8")
+    bad = [p for p in chosen if p in ("auto", "fp32")]
+    if bad:
+        raise typer.BadParameter("compare concrete precisions other than fp32 (bf16, fp16, int8)", param_hint="--precision")
+    for p in chosen:
+        decode_precision(torch.device("cpu"), p)  # a clear error for one this CPU cannot run
+    plan = QualityPlan(ckpt, prompts, chosen, n, max_new_tokens)
+    console.print(kv_table("bench quality", {
+        "checkpoint": ckpt, "prompts": f"first user message of {n} conversations in {prompts}",
+        "reference": "fp32, greedy replies", "compared": ", ".join(chosen), "device": "cpu",
+    }))
+    with console.status(f"answering {n} prompts in fp32 and {', '.join(chosen)}"):
+        rows = run_quality(plan)
+    console.print(table(
+        "answers vs fp32 (reply positions, teacher-forced on fp32's greedy reply)",
+        ("precision", "mean KL (nats/token)", "top-1 agreement", "identical greedy replies", "reply tokens"),
+        [(r.precision, f"{r.mean_kl:.4g}", f"{100 * r.top1_agreement:.2f} %", f"{r.identical_replies} / {r.prompts}",
+          r.reply_tokens) for r in rows],
+    ))
+    print(json.dumps({"mode": "quality", "checkpoint": str(ckpt), "rows": [r.to_json() for r in rows]}))
 
 
 app.command("sweep")(sweep_cmd)
