@@ -47,6 +47,14 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # the names flags and reports use
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """torch.bfloat16 → "bf16" (the inverse of DTYPES)."""
+    return next(name for name, d in DTYPES.items() if d == dtype)
+
+
 @dataclass(frozen=True)
 class Precision:
     enabled: bool
@@ -57,7 +65,7 @@ class Precision:
     def label(self) -> str:
         if not self.enabled:
             return "fp32"
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype] + " autocast"
+        return dtype_name(self.dtype) + " autocast"
 
 
 def resolve_precision(device: torch.device, amp: str = "auto", amp_dtype: str = "auto") -> Precision:
@@ -69,7 +77,7 @@ def resolve_precision(device: torch.device, amp: str = "auto", amp_dtype: str = 
         return Precision(False, None, False)
     if device.type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported()
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp_dtype) or (torch.bfloat16 if bf16_ok else torch.float16)
+        dtype = DTYPES.get(amp_dtype) or (torch.bfloat16 if bf16_ok else torch.float16)  # amp_dtype: auto | bf16 | fp16
         if dtype == torch.bfloat16 and not bf16_ok:
             raise ValueError("amp_dtype=bf16 but this GPU does not support bf16; use amp_dtype=fp16 or auto")
         return Precision(True, dtype, dtype == torch.float16)

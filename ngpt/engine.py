@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ngpt.chat_format import prompt_ids
-from ngpt.device import Precision, cpu_has_native_bf16, resolve_device, resolve_precision
+from ngpt.device import DTYPES, Precision, cpu_has_native_bf16, resolve_device, resolve_precision
 from ngpt.model import GPT, apply_rope
 from ngpt.quantize import int8_supported, quantize_int8
 from ngpt.settings import GenerationSettings
@@ -510,7 +510,7 @@ def prepare_for_decoding(model: GPT, precision: str) -> GPT:
     """
     if precision == "int8":
         return quantize_int8(model)
-    return model.to(dtype={"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision])
+    return model.to(dtype=DTYPES[precision])
 
 
 def checkpoint_generation(state: dict, path: Path) -> tuple[str, dict]:

@@ -37,14 +37,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ngpt.device import MatmulPeak, Precision, device_name, measure_matmul_peak, retain_freed_memory, synchronize
+from ngpt.device import DTYPES, MatmulPeak, Precision, device_name, dtype_name, measure_matmul_peak, retain_freed_memory, synchronize
 from ngpt.engine import NO_AUTOCAST, PRECISION_LABELS, prepare_for_decoding
 from ngpt.model import GPT, param_count, resolved_d_ff
 from ngpt.settings import ModelSettings
 from ngpt.train.optim import make_optimizer
 
 COMPARE_CHOICES = ("transformers",)
-DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
 def model_dims(cfg: ModelSettings) -> dict:
@@ -311,7 +310,7 @@ class DecodePlan:
     def transformers_dtype(self) -> torch.dtype:
         """The comparison's weight dtype: ours, or for int8 bf16 (transformers' fastest on such CPUs, and
         the dtype our int8 matmuls take their inputs in)."""
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.bfloat16}[self.precision]
+        return DTYPES["bf16" if self.precision == "int8" else self.precision]
 
     def check(self) -> None:
         """ValueError naming the flag, before any model is built."""
@@ -416,7 +415,7 @@ class DecodeSpeedReport:
             out["ours_no_kv_cache"] = self.uncached.to_json()
             out["kv_cache_speedup"] = round(self.kv_cache_speedup, 3)
         if self.transformers is not None:
-            out["transformers"] = {**self.transformers.to_json(), "dtype": DTYPE_NAMES[p.transformers_dtype]}
+            out["transformers"] = {**self.transformers.to_json(), "dtype": dtype_name(p.transformers_dtype)}
             out["ratio"] = round(self.ratio, 4)
         return out
 

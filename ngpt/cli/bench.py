@@ -212,9 +212,9 @@ def decode_plan_table(plan: DecodePlan) -> Table:
 def decode_result_table(report: DecodeSpeedReport) -> Table:
     import statistics
 
-    from ngpt.bench.speed import DTYPE_NAMES
+    from ngpt.device import dtype_name
 
-    theirs = f"transformers ({DTYPE_NAMES[report.plan.transformers_dtype]} weights)"
+    theirs = f"transformers ({dtype_name(report.plan.transformers_dtype)} weights)"
     ours_name = f"ngpt ({report.plan.precision})"
     rows = [(ours_name, report.ours), (f"{ours_name}, no KV cache", report.uncached), (theirs, report.transformers)]
     ours = report.ours.tokens_per_s
