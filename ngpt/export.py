@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 from ngpt.io_utils import atomic_write_bytes, atomic_write_text, replace_dir
+from ngpt.model import llama_fields
 from ngpt.settings import SPECIAL_TOKENS, ModelSettings
 from ngpt.tokenizer import SPACE_MARK, Tokenizer
 from ngpt.train.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
@@ -95,28 +96,14 @@ def hf_state_dict(model_sd: dict[str, torch.Tensor], n_layer: int, dtype: torch.
     return {names[k]: v.detach().to(dtype).contiguous().clone() for k, v in model_sd.items() if k in names}
 
 
-def hf_config(cfg: ModelSettings, tok: Tokenizer, d_ff: int, dtype: str) -> dict:
+def hf_config(cfg: ModelSettings, tok: Tokenizer, dtype: str) -> dict:
     """config.json for LlamaForCausalLM (both the transformers 5 rope_parameters and the older rope_theta)."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.n_embd,
-        "intermediate_size": d_ff,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_head,
-        "head_dim": cfg.n_embd // cfg.n_head,
-        "max_position_embeddings": cfg.seq_len,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
+        **llama_fields(cfg),
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "rope_scaling": None,
-        "hidden_act": "silu",
-        "tie_word_embeddings": True,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "attention_dropout": 0.0,
         "initializer_range": 0.02,
         "pretraining_tp": 1,
         "use_cache": True,
@@ -241,8 +228,6 @@ def write_hf_folder(state: dict, out_dir: Path, dtype: str = "float32") -> int:
     except ImportError:
         raise RuntimeError("exporting needs the safetensors package: pip install safetensors") from None
 
-    from ngpt.model import resolved_d_ff
-
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     proto = state.get("tokenizer_model")
@@ -254,7 +239,7 @@ def write_hf_folder(state: dict, out_dir: Path, dtype: str = "float32") -> int:
     weights = hf_state_dict(state["model"], cfg.n_layer, DTYPES[dtype])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})  # callers write to a fresh temp dir
-    atomic_write_text(out_dir / "config.json", _json(hf_config(cfg, tok, resolved_d_ff(cfg), dtype)))
+    atomic_write_text(out_dir / "config.json", _json(hf_config(cfg, tok, dtype)))
     atomic_write_text(out_dir / "generation_config.json", _json(generation_config(tok, state.get("settings"), cfg.vocab_size)))
     atomic_write_bytes(out_dir / "tokenizer.model", proto)
     atomic_write_text(out_dir / "tokenizer.json", _json(tokenizer_json(tok)))

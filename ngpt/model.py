@@ -385,3 +385,27 @@ def param_count(cfg: ModelSettings) -> int:
     """
     with torch.device("meta"):
         return GPT(cfg).num_params()
+
+
+def llama_fields(cfg: ModelSettings) -> dict:
+    """The LlamaConfig fields that make transformers' LlamaForCausalLM exactly this model's shape.
+
+    Shared by the export's config.json and the benchmark's comparison model (ngpt.bench.speed).
+    """
+    return {
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": resolved_d_ff(cfg),
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head,
+        "head_dim": cfg.n_embd // cfg.n_head,
+        "max_position_embeddings": cfg.seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "hidden_act": "silu",
+        "tie_word_embeddings": True,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+    }

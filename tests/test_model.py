@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ngpt.model import GPT, apply_rope, matmul_causal_attention, resolved_d_ff, rope_tables
+from ngpt.export import hf_state_dict
+from ngpt.model import GPT, apply_rope, llama_fields, matmul_causal_attention, resolved_d_ff, rope_tables
 from ngpt.settings import ModelSettings
 
 
@@ -218,32 +219,9 @@ def test_matches_hf_llama_logits():
     transformers = pytest.importorskip("transformers")
     cfg = tiny_cfg(seq_len=64, norm_eps=1e-5, rope_theta=10000.0)
     model = tiny_model().eval()
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.n_embd,
-        intermediate_size=resolved_d_ff(cfg),
-        num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head,
-        num_key_value_heads=cfg.n_head,
-        max_position_embeddings=cfg.seq_len,
-        rms_norm_eps=cfg.norm_eps,
-        rope_theta=cfg.rope_theta,
-        hidden_act="silu",
-        tie_word_embeddings=True,
-        attention_bias=False,
-        mlp_bias=False,
-    )
-    hf = transformers.LlamaForCausalLM(hf_cfg).eval()
-    sd = {"model.embed_tokens.weight": model.tok_emb.weight, "model.norm.weight": model.norm.weight}
-    for i, block in enumerate(model.blocks):
-        pre = f"model.layers.{i}."
-        sd[pre + "input_layernorm.weight"] = block.attn_norm.weight
-        sd[pre + "post_attention_layernorm.weight"] = block.mlp_norm.weight
-        for name in ("q", "k", "v", "o"):
-            sd[pre + f"self_attn.{name}_proj.weight"] = getattr(block.attn, name).weight
-        for name in ("gate", "up", "down"):
-            sd[pre + f"mlp.{name}_proj.weight"] = getattr(block.mlp, name).weight
-    missing, unexpected = hf.load_state_dict({k: v.detach().clone() for k, v in sd.items()}, strict=False)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**llama_fields(cfg))).eval()
+    sd = hf_state_dict(model.state_dict(), cfg.n_layer, torch.float32)  # the renames the model docstring lists
+    missing, unexpected = hf.load_state_dict(sd, strict=False)
     assert not unexpected
     assert set(missing) <= {"lm_head.weight"}
     assert torch.equal(hf.lm_head.weight, model.tok_emb.weight)

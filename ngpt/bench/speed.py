@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ngpt.device import DTYPES, MatmulPeak, Precision, device_name, dtype_name, measure_matmul_peak, retain_freed_memory, synchronize
 from ngpt.engine import NO_AUTOCAST, PRECISION_LABELS, prepare_for_decoding
-from ngpt.model import GPT, param_count, resolved_d_ff
+from ngpt.model import GPT, llama_fields, param_count, resolved_d_ff
 from ngpt.settings import ModelSettings
 from ngpt.train.optim import make_optimizer
 
@@ -224,25 +224,8 @@ def llama_config(cfg: ModelSettings):
             "--compare transformers needs the `transformers` package, which is not importable here "
             f"({e}). Install it (pip install transformers) or drop --compare."
         ) from None
-    return LlamaConfig(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.n_embd,
-        intermediate_size=resolved_d_ff(cfg),
-        num_hidden_layers=cfg.n_layer,
-        num_attention_heads=cfg.n_head,
-        num_key_value_heads=cfg.n_head,
-        head_dim=cfg.n_embd // cfg.n_head,
-        hidden_act="silu",
-        max_position_embeddings=cfg.seq_len,
-        rope_theta=cfg.rope_theta,
-        rms_norm_eps=cfg.norm_eps,
-        tie_word_embeddings=True,
-        attention_bias=False,
-        mlp_bias=False,
-        attention_dropout=0.0,
-        use_cache=False,  # training: no KV cache built in forward, as in ngpt
-        attn_implementation="sdpa",
-    )
+    # use_cache off: training builds no KV cache in forward, as in ngpt
+    return LlamaConfig(**llama_fields(cfg), use_cache=False, attn_implementation="sdpa")
 
 
 def build_transformers_llama(plan: SpeedPlan) -> nn.Module:
