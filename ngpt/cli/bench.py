@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from ngpt.cli.common import ConfigOpt, DecodePrecision, PrintConfigOpt, resolve_settings
+from ngpt.cli.common import ConfigOpt, DecodePrecision, PrintConfigOpt, ThreadsOpt, resolve_settings
 from ngpt.cli.sweep import sweep as sweep_cmd
 from ngpt.console import console, error_panel, kv_table, table
 
@@ -64,7 +64,7 @@ def speed(
     n_layer: Annotated[Optional[int], typer.Option(help="Blocks L (default model.n_layer).")] = None,
     n_head: Annotated[Optional[int], typer.Option(help="Heads H (default model.n_head).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N | mps (default pretrain.device).")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
+    threads: ThreadsOpt = None,
     micro_b: Annotated[Optional[int], typer.Option(min=1, help="--train: sequences per step (micro_B) [default 4].")] = None,
     amp: Annotated[Optional[Amp], typer.Option(help="--train: autocast auto | true | false (default pretrain.amp).")] = None,
     amp_dtype: Annotated[
@@ -239,7 +239,7 @@ def quality(
     prompts: Annotated[Path, typer.Option(help="Chat jsonl whose first user messages are the prompts.")] = Path("data/primer.jsonl"),
     n: Annotated[int, typer.Option(min=1, help="How many prompts.")] = 30,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest greedy reply per prompt.")] = 48,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
+    threads: ThreadsOpt = None,
 ) -> None:
     """How much a decode precision changes a checkpoint's answers: KL and top-1 agreement with fp32, identical replies."""
     import torch

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 import typer
 from rich.console import Console
 
-from ngpt.cli.common import ConfigOpt, DecodePrecision, PrintConfigOpt, resolve_settings
+from ngpt.cli.common import ConfigOpt, DecodePrecision, DecodePrecisionOpt, PrintConfigOpt, ThreadsOpt, resolve_settings
 from ngpt.console import console, err_console, error_panel, kv_table
 
 if TYPE_CHECKING:
@@ -116,10 +116,8 @@ def chat(
     seed: Annotated[Optional[int], typer.Option(help="Sampling seed: the same seed and input give the same reply.")] = None,
     no_kv_cache: Annotated[bool, typer.Option("--no-kv-cache", help="Recompute the whole sequence per token (slow; for comparison).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
-    precision: Annotated[
-        DecodePrecision, typer.Option(help="Weights: auto (what decodes fastest here) | fp32 | bf16 | fp16 | int8.")
-    ] = DecodePrecision.auto,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
+    precision: DecodePrecisionOpt = DecodePrecision.auto,
+    threads: ThreadsOpt = None,
     config: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
 ) -> None:

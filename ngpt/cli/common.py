@@ -32,6 +32,12 @@ class DecodePrecision(str, Enum):  # ngpt.engine.DECODE_PRECISIONS, kept here so
     int8 = "int8"
 
 
+DecodePrecisionOpt = Annotated[
+    DecodePrecision, typer.Option(help="Weights: auto (what decodes fastest here) | fp32 | bf16 | fp16 | int8.")
+]
+ThreadsOpt = Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")]
+
+
 def resolve_settings(
     config: Path | None,
     sources: list[str] | None = None,

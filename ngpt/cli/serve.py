@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ngpt.cli.common import ConfigOpt, DecodePrecision
+from ngpt.cli.common import ConfigOpt, DecodePrecision, DecodePrecisionOpt, ThreadsOpt
 from ngpt.console import console, kv_table
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -28,10 +28,8 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0 = any free port; uvicorn logs which).")] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="NGPT_API_KEY", help="Require `Authorization: Bearer KEY` on /v1 routes.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
-    precision: Annotated[
-        DecodePrecision, typer.Option(help="Weights: auto (what decodes fastest here) | fp32 | bf16 | fp16 | int8.")
-    ] = DecodePrecision.auto,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")] = None,
+    precision: DecodePrecisionOpt = DecodePrecision.auto,
+    threads: ThreadsOpt = None,
     config: ConfigOpt = None,
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="Name in /v1/models and responses (default: ngpt-PHASE-stepN).")] = None,
     max_tokens_cap: Annotated[Optional[int], typer.Option("--max-tokens-cap", min=1, help="Largest max_tokens a request may ask for (default: the model's context).")] = None,
