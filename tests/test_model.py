@@ -232,17 +232,21 @@ def test_matches_hf_llama_logits():
     assert torch.allclose(ours, theirs, atol=1e-4)
 
 
+def assert_same_values_and_grads(ours: torch.Tensor, ref: torch.Tensor, inputs: tuple[torch.Tensor, ...]) -> None:
+    """ours == ref, and so are their gradients with respect to `inputs` for one random output gradient."""
+    torch.testing.assert_close(ours, ref)
+    out_grad = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ours, inputs, out_grad), torch.autograd.grad(ref, inputs, out_grad)):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("T", [1, 5, 16, 47])
 @pytest.mark.parametrize("chunk", [4, 16, 128])
 def test_matmul_causal_attention_equals_sdpa(T, chunk):
     g = torch.Generator().manual_seed(T)
     q, k, v = (torch.randn(2, 3, T, 8, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(3))
     ours = matmul_causal_attention(q, k, v, chunk)
-    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    torch.testing.assert_close(ours, ref)
-    out_grad = torch.randn_like(ref)
-    for a, b in zip(torch.autograd.grad(ours, (q, k, v), out_grad), torch.autograd.grad(ref, (q, k, v), out_grad)):
-        torch.testing.assert_close(a, b)
+    assert_same_values_and_grads(ours, F.scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, v))
 
 
 def test_logits_last_and_none_agree_with_all():
@@ -306,11 +310,7 @@ def test_matmul_causal_attention_with_doc_ids_equals_masked_sdpa(chunk):
     doc_ids = torch.tensor([[0] * 5 + [1] * 9 + [2] * 5, [0] * 19])
     mask = torch.ones(19, 19, dtype=torch.bool).tril() & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
     ours = matmul_causal_attention(q, k, v, chunk, doc_ids=doc_ids)
-    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    torch.testing.assert_close(ours, ref)
-    out_grad = torch.randn_like(ref)
-    for x, y in zip(torch.autograd.grad(ours, (q, k, v), out_grad), torch.autograd.grad(ref, (q, k, v), out_grad)):
-        torch.testing.assert_close(x, y)
+    assert_same_values_and_grads(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), (q, k, v))
 
 
 def test_bf16_matmul_causal_attention_tracks_fp32_sdpa():

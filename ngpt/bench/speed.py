@@ -54,6 +54,11 @@ def model_dims(cfg: ModelSettings) -> dict:
     }
 
 
+def machine(device: torch.device) -> dict:
+    """Where a speed report was measured: the device, its name and torch's CPU threads."""
+    return {"device": str(device), "device_name": device_name(device), "threads": torch.get_num_threads()}
+
+
 def speed_ratio(ours: ModelTiming | DecodeTiming, other: ModelTiming | DecodeTiming | None) -> float | None:
     """Our tokens/s over `other`'s (> 1: ours is faster); None when `other` was not timed."""
     return None if other is None else ours.tokens_per_s / other.tokens_per_s
@@ -146,9 +151,7 @@ class TrainSpeedReport:
                 "warmup_steps": p.warmup_steps, "steps": p.steps,
                 "activation_checkpointing": p.activation_checkpointing, "compile": p.compile,
             },
-            "device": str(p.device),
-            "device_name": device_name(p.device),
-            "threads": torch.get_num_threads(),
+            **machine(p.device),
             "precision": p.precision.label,
             "peak_flops": round(self.peak.flops_per_s),
             "peak_matmul": {"size": self.peak.size, "dtype": str(self.peak.dtype).removeprefix("torch.")},
@@ -387,9 +390,7 @@ class DecodeSpeedReport:
                 "prompt_tokens": p.prompt_tokens, "new_tokens": p.new_tokens, "repeats": p.repeats,
             },
             "params": self.params,
-            "device": str(p.device),
-            "device_name": device_name(p.device),
-            "threads": torch.get_num_threads(),
+            **machine(p.device),
             "precision": PRECISION_LABELS[p.precision],
             "ours": self.ours.to_json(),
             **self.extra,
