@@ -23,11 +23,10 @@ import argparse
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ngpt.io_utils import atomic_write_text, replace_dir
+from ngpt.io_utils import atomic_write_text, replace_dir, temp_dir_for
 from ngpt.primer import Fact, Facts, load_facts
 from ngpt.tokenizer import find_special
 
@@ -248,8 +247,7 @@ def write_notes(
             f"{out} exists and is not a generated demo corpus (no {MARKER} file in it); "
             "pass an empty or new folder as the output, or delete this one if it is yours to delete."
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    tmp = temp_dir_for(out)
     try:
         for name, text in notes.items():
             atomic_write_text(tmp / name, text)

@@ -135,7 +135,7 @@ class KVCache:
     @classmethod
     def for_model(cls, model: GPT, max_len: int, batch_size: int = 1) -> KVCache:
         cfg = model.cfg
-        return cls(cfg.n_layer, batch_size, cfg.n_head, max_len, cfg.n_embd // cfg.n_head)
+        return cls(cfg.n_layer, batch_size, cfg.n_head, max_len, cfg.head_dim)
 
     def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         start, end = self.length, self.length + k.size(2)

@@ -34,13 +34,12 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ngpt.io_utils import atomic_write_bytes, atomic_write_text, replace_dir
+from ngpt.io_utils import atomic_write_bytes, atomic_write_text, replace_dir, temp_dir_for
 from ngpt.model import llama_fields
 from ngpt.settings import SPECIAL_TOKENS, ModelSettings
 from ngpt.tokenizer import SPACE_MARK, Tokenizer
@@ -269,8 +268,7 @@ def export_hf(ckpt: str | Path, out: str | Path, *, force: bool = False, dtype: 
     out = Path(out)
     check_out_dir(out, force, keep=path)
     state = load_checkpoint(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = temp_dir_for(out)
     try:
         num_params = write_hf_folder(state, tmp, dtype)
         replace_dir(tmp, out)

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from ngpt.export import write_hf_folder
-from ngpt.io_utils import atomic_write_bytes, atomic_write_text
+from ngpt.io_utils import atomic_write_bytes, atomic_write_text, file_digest, file_sha256
 from ngpt.settings import ModelSettings
 from ngpt.train.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 
@@ -213,7 +213,6 @@ def _mix(mix: dict | None) -> str:
 
 def model_card(state: dict, repo_id: str, checkpoint_name: str, num_params: int) -> str:
     """README.md: architecture, data mix, steps, tokens, final metrics, and how to chat with it."""
-    from ngpt.model import resolved_d_ff
 
     cfg = ModelSettings(**state["model_config"])
     settings = state.get("settings") or {}
@@ -242,8 +241,8 @@ ngpt code; `{checkpoint_name}` is the same model as a native ngpt checkpoint.
 | | |
 |---|---|
 | parameters | {num_params:,} (the LM head is tied to the embedding) |
-| layers × width × heads | {cfg.n_layer} × {cfg.n_embd} × {cfg.n_head} (head dim {cfg.n_embd // cfg.n_head}) |
-| MLP | SwiGLU, hidden {resolved_d_ff(cfg)} |
+| layers × width × heads | {cfg.n_layer} × {cfg.n_embd} × {cfg.n_head} (head dim {cfg.head_dim}) |
+| MLP | SwiGLU, hidden {cfg.ffn_dim} |
 | attention | causal, RoPE θ={cfg.rope_theta:g} (half-split, as Llama) |
 | norm | RMSNorm, ε={cfg.norm_eps:g} |
 | context | {cfg.seq_len} tokens |
@@ -306,19 +305,7 @@ def stage_repo_folder(path: Path, state: dict, repo_id: str, folder: Path) -> No
 
 def git_blob_sha1(path: Path) -> str:
     """The id git (and the hub's tree listing) gives a regular file's content."""
-    h = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_digest(path, hashlib.sha1(b"blob %d\0" % path.stat().st_size))
 
 
 def compare_with_remote(folder: Path, remote: dict) -> list[FileStatus]:

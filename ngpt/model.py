@@ -44,13 +44,6 @@ from ngpt.settings import ModelSettings
 INIT_STD = 0.02
 
 
-def resolved_d_ff(cfg: ModelSettings) -> int:
-    """SwiGLU hidden size: cfg.d_ff, or 8/3·C rounded up to a multiple of 64 (keeps ~4C² MLP params)."""
-    if cfg.d_ff is not None:
-        return cfg.d_ff
-    return -(-8 * cfg.n_embd // (3 * 64)) * 64
-
-
 class KVCache(Protocol):
     """What attention needs from a KV cache: store this layer's new post-RoPE k/v, return all so far.
 
@@ -199,7 +192,7 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx  # which slot of a KV cache is ours
         self.n_head = cfg.n_head
-        self.head_dim = cfg.n_embd // cfg.n_head
+        self.head_dim = cfg.head_dim
         C = cfg.n_embd
         self.q = Linear(C, C, bias=False)
         self.k = Linear(C, C, bias=False)
@@ -238,7 +231,7 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelSettings) -> None:
         super().__init__()
-        d_ff = resolved_d_ff(cfg)
+        d_ff = cfg.ffn_dim
         self.gate = Linear(cfg.n_embd, d_ff, bias=False)
         self.up = Linear(cfg.n_embd, d_ff, bias=False)
         self.down = Linear(d_ff, cfg.n_embd, bias=False)
@@ -287,7 +280,7 @@ class GPT(nn.Module):
         self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # tied: one V×C matrix reads tokens in and out
         # Not in the state dict: derived from the config, and absent from Llama checkpoints.
-        cos, sin = rope_tables(cfg.n_embd // cfg.n_head, cfg.seq_len, cfg.rope_theta)
+        cos, sin = rope_tables(cfg.head_dim, cfg.seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
@@ -395,11 +388,11 @@ def llama_fields(cfg: ModelSettings) -> dict:
     return {
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd,
-        "intermediate_size": resolved_d_ff(cfg),
+        "intermediate_size": cfg.ffn_dim,
         "num_hidden_layers": cfg.n_layer,
         "num_attention_heads": cfg.n_head,
         "num_key_value_heads": cfg.n_head,
-        "head_dim": cfg.n_embd // cfg.n_head,
+        "head_dim": cfg.head_dim,
         "max_position_embeddings": cfg.seq_len,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,

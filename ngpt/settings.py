@@ -20,7 +20,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
@@ -29,6 +29,11 @@ PRETRAIN_SOURCES: tuple[str, ...] = ("wikitext", "fineweb_edu", "gutenberg", "ro
 SFT_SOURCES: tuple[str, ...] = ("dolly15k", "oasst1", "primer")
 ALL_SOURCES: tuple[str, ...] = PRETRAIN_SOURCES + SFT_SOURCES
 SPECIAL_TOKENS: tuple[str, ...] = ("<|sys|>", "<|usr|>", "<|asst|>", "<|eot|>")
+IGNORE_INDEX = -100  # a label that takes no loss (prompt tokens, padding): torch's cross-entropy default
+AmpChoice = Literal["auto", "true", "false"]  # train.amp: auto = on where it measured faster (ngpt.device)
+AmpDtypeChoice = Literal["auto", "bf16", "fp16"]  # train.amp_dtype: auto = bf16 where supported, else fp16
+AMP_CHOICES: tuple[str, ...] = get_args(AmpChoice)
+AMP_DTYPE_CHOICES: tuple[str, ...] = get_args(AmpDtypeChoice)
 REPLACED_WHOLE = {("data", "mix_pretrain"), ("data", "mix_sft")}
 MIX_TOLERANCE = 1e-6
 
@@ -53,6 +58,22 @@ class ModelSettings(_Section):
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability (0 = off).")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def ffn_dim(self) -> int:
+        """The MLP's hidden size: d_ff, or SwiGLU's 8/3·C rounded up to a multiple of 64 (~4C² MLP params)."""
+        if self.d_ff is not None:
+            return self.d_ff
+        return -(-8 * self.n_embd // (3 * 64)) * 64
+
+    @property
+    def dims_label(self) -> str:
+        """'V=16384 T=512 C=384 L=8 H=6 d_ff=1024': the shape as every table and report prints it."""
+        return f"V={self.vocab_size} T={self.seq_len} C={self.n_embd} L={self.n_layer} H={self.n_head} d_ff={self.ffn_dim}"
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> "ModelSettings":
@@ -144,8 +165,8 @@ class TrainSettings(_Section):
     eval_batches: int = Field(20, gt=0)
     ckpt_every: int = Field(500, gt=0)
     keep_last: int = Field(3, ge=1)
-    amp: Literal["auto", "true", "false"] = "auto"
-    amp_dtype: Literal["auto", "bf16", "fp16"] = "auto"
+    amp: AmpChoice = "auto"
+    amp_dtype: AmpDtypeChoice = "auto"
     activation_checkpointing: bool = False
     compile: bool = False
     max_tokens: int | None = Field(None, gt=0, description="Stop after this many training tokens.")

@@ -57,14 +57,6 @@ def check_training_text(text: str, source: str, doc_ref: str) -> None:
         )
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class Tokenizer:
     """A loaded sentencepiece model plus the ids and facts the rest of ngpt needs."""
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ngpt.export import hf_state_dict
-from ngpt.model import GPT, apply_rope, llama_fields, matmul_causal_attention, resolved_d_ff, rope_tables
+from ngpt.model import GPT, apply_rope, llama_fields, matmul_causal_attention, rope_tables
 from ngpt.settings import ModelSettings
 
 
@@ -199,7 +199,7 @@ def test_num_params_and_flops_match_formula():
     [(384, None, 1024), (64, None, 192), (768, None, 2048), (96, None, 256), (64, 100, 100)],
 )
 def test_d_ff_default_rounds_up_to_64(n_embd, d_ff, expected):
-    assert resolved_d_ff(ModelSettings(n_embd=n_embd, n_head=4, d_ff=d_ff)) == expected
+    assert ModelSettings(n_embd=n_embd, n_head=4, d_ff=d_ff).ffn_dim == expected
 
 
 def test_bf16_autocast_forward_and_backward():

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from ngpt.device import DTYPES, MatmulPeak, Precision, device_name, dtype_name, measure_matmul_peak, retain_freed_memory, synchronize
 from ngpt.engine import NO_AUTOCAST, PRECISION_LABELS, prepare_for_decoding
-from ngpt.model import GPT, llama_fields, param_count, resolved_d_ff
+from ngpt.model import GPT, llama_fields, param_count
 from ngpt.settings import ModelSettings
 from ngpt.train.optim import make_optimizer
 
@@ -50,7 +50,7 @@ def model_dims(cfg: ModelSettings) -> dict:
     """The model's shapes: the first keys of the "config" record of both speed reports."""
     return {
         "vocab_size": cfg.vocab_size, "seq_len": cfg.seq_len, "n_embd": cfg.n_embd, "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head, "d_ff": resolved_d_ff(cfg),
+        "n_head": cfg.n_head, "d_ff": cfg.ffn_dim,
     }
 
 

@@ -160,13 +160,12 @@ def speed(
 def plan_table(plan: SpeedPlan) -> Table:
     from ngpt.model import param_count
     from ngpt.device import device_label
-    from ngpt.model import resolved_d_ff
 
     m = plan.model
     return kv_table("bench speed --train", {
         "device": device_label(plan.device),
         "precision": plan.precision.label,
-        "dims": f"V={m.vocab_size} T={m.seq_len} C={m.n_embd} L={m.n_layer} H={m.n_head} d_ff={resolved_d_ff(m)}",
+        "dims": m.dims_label,
         "params": param_count(m),
         "micro_B": plan.micro_b,
         "tokens per step": plan.tokens_per_step,
@@ -194,13 +193,12 @@ def decode_plan_table(plan: DecodePlan) -> Table:
     from ngpt.model import param_count
     from ngpt.device import device_label
     from ngpt.engine import PRECISION_LABELS
-    from ngpt.model import resolved_d_ff
 
     m = plan.model
     return kv_table("bench speed --decode", {
         "device": device_label(plan.device),
         "precision": PRECISION_LABELS[plan.precision],
-        "dims": f"V={m.vocab_size} T={m.seq_len} C={m.n_embd} L={m.n_layer} H={m.n_head} d_ff={resolved_d_ff(m)}",
+        "dims": m.dims_label,
         "params": param_count(m),
         "generation": f"batch 1, greedy, {plan.prompt_tokens} prompt tokens + {plan.new_tokens} new",
         "runs": f"1 short warm-up (discarded) + {plan.repeats} timed, each implementation in turn",

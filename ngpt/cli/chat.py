@@ -154,7 +154,7 @@ def chat(
     ui.print(kv_table("ngpt chat", {
         "checkpoint": str(path),
         "trained": f"{state.get('phase', '?')} phase, step {state.get('step', '?')}",
-        "model": f"{param_count(m):,} params · V={m.vocab_size} T={seq_len} C={m.n_embd} L={m.n_layer} H={m.n_head}",
+        "model": f"{param_count(m):,} params · {m.dims_label}",
         "tokenizer": f"{tok.vocab_size:,} ids · sha256 {tok.sha256[:12]}",
         "device": device_label(dev),
         "precision": PRECISION_LABELS[chosen],

@@ -7,7 +7,7 @@ Modules: layout (paths, meta.json), writer (shards), encode_pool (parallel token
 source, atomically), plan (preflight + plan table), reader (memmap readers), validate (checks).
 """
 
-from ngpt.tokcache.build import build_source, clean_stale
+from ngpt.tokcache.build import build_source
 from ngpt.tokcache.layout import FORMAT_VERSION, dtype_for_vocab, needed_caches, read_meta, source_dir
 from ngpt.tokcache.plan import PreflightError, build_all_caches, preflight
 from ngpt.tokcache.reader import PretrainReader, SFTReader
@@ -23,7 +23,6 @@ __all__ = [
     "SplitWriter",
     "build_all_caches",
     "build_source",
-    "clean_stale",
     "dtype_for_vocab",
     "needed_caches",
     "preflight",

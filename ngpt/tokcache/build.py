@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ngpt.io_utils import atomic_write_text, replace_dir
+from ngpt.io_utils import atomic_write_text, replace_dir, temp_dir_for
 from ngpt.settings import Settings
 from ngpt.sources.base import SPLITS, Source
 from ngpt.tokcache.encode_pool import EncodeJob, Encoded, EncodePool, chunked
-from ngpt.tokcache.layout import FORMAT_VERSION, META_NAME, dtype_for_vocab, source_dir, temp_prefix
+from ngpt.tokcache.layout import FORMAT_VERSION, META_NAME, dtype_for_vocab, source_dir
 from ngpt.tokcache.writer import SplitWriter
 from ngpt.tokenizer import Tokenizer
 
@@ -130,27 +130,6 @@ def _split_meta(source: Source, split: str, sinks: dict[str, _Sink], sft_max_tok
     return meta
 
 
-def clean_stale(final: Path) -> None:
-    """Remove temp/old dirs of `final` left by builds that died (their pid is gone)."""
-    if not final.parent.is_dir():
-        return
-    for prefix in (temp_prefix(final.name), f".{final.name}.old-"):
-        for p in final.parent.glob(prefix + "*"):
-            pid = p.name[len(prefix) :]
-            if pid.isdigit() and not _pid_alive(int(pid)):
-                shutil.rmtree(p, ignore_errors=True)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        pass
-    return True
-
-
 def resolved_workers(settings: Settings) -> int:
     return settings.data.workers or os.cpu_count() or 1
 
@@ -162,10 +141,7 @@ def build_source(settings: Settings, source: Source, tok: Tokenizer, progress: P
     if source.streamed and any(budgets.get(split) is None for split in SPLITS):
         raise ValueError(f"Source '{source.name}' is streamed: it needs a token budget for train and val, got {budgets}.")
     final = source_dir(data.cache_dir, source.kind, source.name)
-    clean_stale(final)
-    tmp = final.parent / f"{temp_prefix(source.name)}{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = temp_dir_for(final)
     try:
         dtype = dtype_for_vocab(tok.vocab_size)
         sft = source.kind == "sft"

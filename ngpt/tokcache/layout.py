@@ -6,7 +6,8 @@
                                                   /offsets_00000.bin SFT only: int64 example starts + end
 
 meta.json is written last, so a directory without it is not a cache. A source is built in
-`.{source}.tmp-<pid>` next to its final directory and renamed into place when complete.
+`.{source}.tmp-<pid>` next to its final directory (ngpt.io_utils.temp_dir_for) and renamed into place
+when complete.
 """
 
 from __future__ import annotations
@@ -35,11 +36,6 @@ def phase_of(source: str) -> Phase:
 
 def source_dir(cache_dir: str | Path, phase: Phase, source: str) -> Path:
     return Path(cache_dir) / phase / source
-
-
-def temp_prefix(source: str) -> str:
-    """Name prefix of in-progress build directories of `source` (suffix: the builder's pid)."""
-    return f".{source}.tmp-"
 
 
 def shard_name(kind: Literal["shard", "mask", "offsets"], index: int) -> str:

@@ -22,7 +22,8 @@ import numpy as np
 from ngpt.settings import Settings
 from ngpt.sources.base import SPLITS
 from ngpt.tokcache.layout import META_NAME, Phase, dtype_for_vocab, needed_caches, read_meta, shard_name, source_dir
-from ngpt.tokenizer import Tokenizer, file_sha256
+from ngpt.io_utils import file_sha256
+from ngpt.tokenizer import Tokenizer
 
 SAMPLE_BLOCKS = 16
 SAMPLE_BLOCK_TOKENS = 4096

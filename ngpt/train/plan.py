@@ -38,7 +38,7 @@ class TrainingPlan:
             "precision": precision.label,
             "compile": cfg.compile,
             "activation checkpointing": cfg.activation_checkpointing,
-            "model": f"V={m.vocab_size} T={m.seq_len} C={m.n_embd} L={m.n_layer} H={m.n_head}",
+            "model": m.dims_label,
             "params": f"{model.num_params() / 1e6:.2f}M",
             "micro_B": cfg.micro_batch,
             "accum_steps": cfg.accum_steps,

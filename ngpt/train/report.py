@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ngpt.io_utils import atomic_write_text
+from ngpt.io_utils import atomic_output, atomic_write_text
 
 METRIC_KEYS = ("train_loss", "lr", "tokens_per_s", "mfu", "val_pretrain_loss", "val_sft_loss", "val_bpb")
 
@@ -61,10 +61,9 @@ def plot_losses(records: list[dict], out_png: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(out_png)
 
 
 def write_report(run_dir: Path, title: str, tables: dict[str, dict], final: dict) -> Path:
