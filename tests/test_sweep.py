@@ -1,4 +1,4 @@
-"""Tests for `ngpt bench sweep` (ngpt/bench/sweep.py, ngpt/bench/trial.py, ngpt/cli/sweep.py).
+"""Tests for `ngpt bench sweep` (ngpt/bench/sweep/, ngpt/cli/sweep.py).
 
 Real trial subprocesses on CPU with tiny configs and short timeouts. One sweep (module fixture) over
 two configs is shared: a short-context one that fits up to the micro-batch cap, and a long-context one
@@ -37,7 +37,7 @@ from ngpt.bench.sweep import (
     prepare_sweep,
     rank,
 )
-from ngpt.bench.trial import TEST_SLEEP_ENV
+from ngpt.bench.sweep.trial import TEST_SLEEP_ENV
 from ngpt.cli.sweep import sweep as sweep_command
 from ngpt.settings import load_settings
 from ngpt.train.loop import run_phase

@@ -7,7 +7,7 @@
 Prints the plan, a progress bar over trials, then the ranked table that bench/summary.md also holds;
 every trial is a line of bench/results.jsonl, and the winner is bench/overnight.json (an override
 file for `ngpt train pretrain -c`). Ctrl-C stops it; the same command resumes. The library side is
-ngpt/bench/sweep.py; this module only turns flags into a SweepPlan and results into tables.
+ngpt/bench/sweep/; this module only turns flags into a SweepPlan and results into tables.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """One trial of `ngpt bench sweep`, run in a fresh process: print one JSON result line and exit.
 
-    python -m ngpt.bench.trial '{"kind": "info", "device": "cpu"}'
-    python -m ngpt.bench.trial '{"kind": "fit", "device": "cpu", "model": {"vocab_size": 512, "seq_len": 32,
+    python -m ngpt.bench.sweep.trial '{"kind": "info", "device": "cpu"}'
+    python -m ngpt.bench.sweep.trial '{"kind": "fit", "device": "cpu", "model": {"vocab_size": 512, "seq_len": 32,
         "n_embd": 32, "n_layer": 1, "n_head": 2}, "amp": "false", "amp_dtype": "auto", "micro_b": 4,
         "activation_checkpointing": false, "memory_gb": 2.0, "dtypes": true, "seed": 1337}'
 
@@ -41,15 +41,9 @@ import sys
 import time
 from typing import Any
 
+from ngpt.bench.sweep.runner import looks_like_oom  # the same test the runner applies to a crashed trial
+
 TEST_SLEEP_ENV = "NGPT_TRIAL_TEST_SLEEP_S"
-# Text of the errors that mean "the allocation did not fit", from torch (CUDA, MPS, CPU allocator),
-# C++ (std::bad_alloc, also when it aborts the process) and the C library (ENOMEM).
-OOM_MARKERS = ("out of memory", "can't allocate memory", "bad_alloc", "cannot allocate memory")
-
-
-def looks_like_oom(text: str) -> bool:
-    low = text.lower()
-    return any(marker in low for marker in OOM_MARKERS)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -236,7 +230,7 @@ def run_steps(spec: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
-        print("usage: python -m ngpt.bench.trial '<json spec>'", file=sys.stderr)
+        print("usage: python -m ngpt.bench.sweep.trial '<json spec>'", file=sys.stderr)
         return 2
     spec = json.loads(argv[0])
     sleep_s = os.environ.get(TEST_SLEEP_ENV)
