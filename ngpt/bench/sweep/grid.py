@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
-from ngpt.settings import ModelSettings
+from ngpt.settings import AMP_CHOICES, AMP_DTYPE_CHOICES, ModelSettings
 
 if TYPE_CHECKING:
     from ngpt.bench.sweep.runner import DeviceInfo
@@ -28,8 +28,6 @@ GRID_KEYS = ("seq_len", "n_embd", "n_layer", "n_head", "vocab_size", "d_ff", "am
 REQUIRED_KEYS = ("seq_len", "n_embd", "n_layer", "n_head")
 # Names people reach for first (the summary's column heads); a hint, not an alias.
 SHORT_NAMES = {"T": "seq_len", "C": "n_embd", "L": "n_layer", "H": "n_head", "V": "vocab_size"}
-AMP_CHOICES = ("auto", "true", "false")
-AMP_DTYPE_CHOICES = ("auto", "bf16", "fp16")
 
 
 class SweepError(ValueError):
