@@ -57,9 +57,9 @@ class GridEntry:
 
     @property
     def label(self) -> str:
+        """'V=512 T=32 C=32 L=1 H=2 d_ff=128 amp=true': the model's dims_label, then the autocast setting."""
         amp = f"amp={self.amp}" + ("" if self.amp_dtype == "auto" else f"/{self.amp_dtype}")
-        d_ff = "" if self.d_ff is None else f" d_ff={self.d_ff}"
-        return f"T={self.seq_len} C={self.n_embd} L={self.n_layer} H={self.n_head}{d_ff} V={self.vocab_size} {amp}"
+        return f"{self.model().dims_label} {amp}"
 
 
 def parse_grid(data: object, origin: str, vocab_size: int) -> list[GridEntry]:
