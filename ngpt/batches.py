@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ngpt.chat_format import IGNORE_INDEX
+from ngpt.settings import IGNORE_INDEX
 from ngpt.tokcache.reader import PretrainReader, SFTReader
 
 

@@ -8,6 +8,7 @@ never yields a special id: a user typing "<|eot|>" cannot forge a turn.
 
     ids, mask = render(tok, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
     prompt = prompt_ids(tok, history)   # ends with <|asst|>, ready for generation
+    kept = fit_messages(tok, history, max_context=512, max_new_tokens=256)   # oldest turns dropped to fit
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from ngpt.settings import IGNORE_INDEX
 from ngpt.tokenizer import Tokenizer
 
 ROLES = ("system", "user", "assistant")
-IGNORE_INDEX = -100
 
 
 class ChatFormatError(ValueError):
@@ -117,3 +118,31 @@ def read_chat_jsonl(path: str | Path) -> Iterator[tuple[int, list[dict]]]:
             except json.JSONDecodeError as e:
                 raise ChatFormatError(f"{where}: not valid JSON (column {e.colno}: {e.msg})") from None
             yield lineno, validate_messages(obj, where)
+
+
+def fit_messages(tok: Tokenizer, messages: list[dict], max_context: int, max_new_tokens: int) -> list[dict]:
+    """The conversation with its oldest turns dropped until the prompt leaves room for the answer.
+
+    System messages always stay; other turns go oldest first (a turn = a user message and the
+    replies after it, so the kept history still starts with a user). ValueError when even the last
+    user message (with the system messages) does not fit in max_context - max_new_tokens.
+    """
+    budget = max_context - max_new_tokens
+    if budget <= 0:
+        raise ValueError(
+            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of {max_context} "
+            f"tokens; lower max_new_tokens below {max_context}"
+        )
+    system = [m for m in messages if m["role"] == "system"]
+    rest = [m for m in messages if m["role"] != "system"]
+    while (n := len(prompt_ids(tok, system + rest))) > budget:
+        if len(rest) <= 1:
+            raise ValueError(
+                f"the last message alone makes a {n}-token prompt (system messages included), but only "
+                f"{budget} fit: context {max_context} minus max_new_tokens={max_new_tokens}; shorten the "
+                "message or the system prompt, or lower max_new_tokens"
+            )
+        rest = rest[1:]
+        while len(rest) > 1 and rest[0]["role"] != "user":
+            rest = rest[1:]
+    return system + rest

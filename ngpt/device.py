@@ -131,34 +131,6 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-# glibc's mallopt parameters (malloc.h): M_TRIM_THRESHOLD = -1, M_MMAP_THRESHOLD = -3.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_MMAP_THRESHOLD_MAX = 32 * 2**20  # the largest value glibc accepts on 64-bit
-_TRIM_THRESHOLD = 2**30
-
-
-@lru_cache(maxsize=None)
-def retain_freed_memory() -> bool:
-    """Let glibc reuse freed blocks up to 32 MiB instead of handing them back to the OS; True if applied.
-
-    A CPU training step frees and reallocates the same activations every step. By default glibc serves
-    blocks above a moving threshold with fresh mmap()s and trims the heap top eagerly, so every step
-    page-faults in (and zeroes) hundreds of MB again: measured 40-100k minor faults and ~30 ms of a
-    ~500 ms step (default model, bf16, 2-core CPU) → 0 faults with this. The cost: up to 1 GiB of freed
-    memory stays in the process rather than going back to the OS. What jemalloc/tcmalloc via LD_PRELOAD
-    give a PyTorch CPU job, without a preload. Process-wide and idempotent; a no-op off glibc.
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
-
-
 @dataclass(frozen=True)
 class MatmulPeak:
     flops_per_s: float  # best timing over the repeats
@@ -176,9 +148,9 @@ def measure_matmul_peak(
     """FLOP/s of n×n @ n×n matmuls in `dtype` on `device`: one warm-up, then the best of `repeats`.
 
     The fastest product the model can use: for fp32 on the CPU that is the better of torch.matmul
-    (MKL) and oneDNN (ngpt.onednn, what the model's linear layers use), so MFU stays ≤ 100 %.
+    (MKL) and oneDNN (ngpt.kernels.onednn, what the model's linear layers use), so MFU stays ≤ 100 %.
     """
-    from ngpt.onednn import matmul_nt  # the model's own fp32 CPU path
+    from ngpt.kernels.onednn import matmul_nt  # the model's own fp32 CPU path
 
     n = size or DEFAULT_SIZE.get(device.type, DEFAULT_SIZE["cpu"])
     per_timing = MATMULS_PER_TIMING.get(device.type, 1)

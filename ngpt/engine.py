@@ -1,7 +1,8 @@
-"""Generation: a preallocated KV cache, prefill/decode, sampling, and streaming one token at a time.
+"""Generation: a preallocated KV cache, prefill/decode, and streaming one token at a time.
 
-    from ngpt.engine import Engine, SamplingParams, fit_messages
-    engine = Engine(model, tok, device, precision)          # precision: ngpt.device.resolve_precision(...)
+    from ngpt.engine import Engine
+    from ngpt.sampling import SamplingParams
+    engine = Engine(model, tok, device, precision)          # precision: the autocast (ngpt.device), or NO_AUTOCAST
     for step in engine.stream(prompt_ids(tok, messages), SamplingParams(temperature=0.8, seed=1)):
         print(step.text, end="", flush=True)
     result = engine.generate(ids, SamplingParams(temperature=0))   # greedy; result.ids ends with eot if hit
@@ -9,9 +10,9 @@
 How a step works: the prompt goes through the model once (`prefill`), filling a KV cache allocated
 once for the whole generation; each later step feeds only the newest token (`decode_step`). With
 `use_kv_cache=False` every step recomputes the whole sequence instead (the `--no-kv-cache` flag and
-the benchmark's baseline). The next token's logits pass through the processors in Hugging Face's
-order (repetition penalty, banned ids, temperature, top-k, top-p) and are sampled on the CPU with a
-seeded `torch.Generator`, so a seed gives the same tokens on CPU, CUDA and MPS.
+the benchmark's baseline). The next token is chosen by ngpt.sampling; text comes out through the
+tokenizer's incremental decoder (TextStream). Loading a checkpoint for generation, with its weights
+prepared for the device: ngpt.inference.load_engine.
 
 The model runs under `torch.inference_mode()` and the resolved autocast, entered around each step and
 never held across a `yield`: the caller's code between tokens runs in its own mode.
@@ -24,53 +25,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ngpt.chat_format import prompt_ids
-from ngpt.device import DTYPES, Precision, cpu_has_native_bf16, resolve_device, resolve_precision
+from ngpt.device import Precision, resolve_precision
 from ngpt.model import GPT, apply_rope
-from ngpt.quantize import int8_supported, quantize_int8
-from ngpt.settings import GenerationSettings
-from ngpt.tokenizer import Tokenizer
-
-_DEFAULTS = GenerationSettings()  # settings.py owns the defaults; SamplingParams only mirrors them
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to choose each next token, and what to report per step."""
-
-    max_new_tokens: int = _DEFAULTS.max_new_tokens
-    temperature: float = _DEFAULTS.temperature  # 0 = greedy (argmax)
-    top_k: int = _DEFAULTS.top_k  # keep the k most likely tokens; 0 = off
-    top_p: float = _DEFAULTS.top_p  # keep the smallest set holding this much probability; 1 = off
-    repetition_penalty: float = _DEFAULTS.repetition_penalty  # >1 discourages tokens already seen; 1 = off
-    banned_ids: tuple[int, ...] = ()  # never generated (e.g. eot, to force max_new_tokens in a benchmark)
-    seed: int | None = _DEFAULTS.seed  # None = a fresh random seed (generate() reports which)
-    trace: bool = False  # per step: chosen token's logprob and the top alternatives
-    top_alternatives: int = 5
-    trace_layer: int | None = None  # with trace: this layer's attention row (mean over heads); -1 = last
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.max_new_tokens > 0, f"max_new_tokens must be > 0, got {self.max_new_tokens}"),
-            (self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature}"),
-            (self.top_k >= 0, f"top_k must be >= 0 (0 = off), got {self.top_k}"),
-            (0 < self.top_p <= 1, f"top_p must be in (0, 1] (1 = off), got {self.top_p}"),
-            (self.repetition_penalty > 0, f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}"),
-            (self.top_alternatives >= 0, f"top_alternatives must be >= 0, got {self.top_alternatives}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
-
-    @classmethod
-    def from_settings(cls, gen: GenerationSettings, **overrides) -> SamplingParams:
-        """The `generation` section of the settings, plus per-call fields (banned_ids, trace, ...)."""
-        return cls(**{**gen.model_dump(), **overrides})
+from ngpt.sampling import SamplingParams, apply_repetition_penalty, sample_next
+from ngpt.tokenizer import TextStream, Tokenizer
 
 
 @dataclass
@@ -151,79 +113,6 @@ class KVCache:
         return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]
 
 
-# ---------------------------------------------------------------------------------------------
-# Logits processors and sampling. Each takes and returns fp32 logits (V,) or (B, V).
-
-
-def apply_repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
-    """CTRL's penalty (Keskar et al. 2019) on tokens already seen (`seen`: bool mask like logits).
-
-    A positive logit is divided by the penalty and a negative one multiplied, so with penalty > 1 a
-    seen token always becomes less likely, whichever side of zero its logit is on.
-    """
-    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalized, logits)
-
-
-def top_k_filter(logits: Tensor, k: int) -> Tensor:
-    """Only the k largest logits stay finite (ties with the k-th stay too); k = 0 or >= V is off."""
-    if k <= 0 or k >= logits.size(-1):
-        return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: Tensor, p: float) -> Tensor:
-    """Nucleus filter: keep the most likely tokens until their probability reaches p (always the top one)."""
-    if p >= 1:
-        return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = sorted_logits.softmax(dim=-1)
-    # A token goes when the tokens ranked above it already hold p; the top token has 0 above it.
-    drop_sorted = probs.cumsum(dim=-1) - probs >= p
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
-
-
-def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """The next id from processed logits (V,): argmax at temperature 0, else a draw on the CPU."""
-    if params.temperature == 0:
-        return int(logits.argmax())
-    logits = top_p_filter(top_k_filter(logits / params.temperature, params.top_k), params.top_p)
-    # On the CPU with a CPU generator: the same seed and probabilities give the same draw on any device.
-    probs = logits.softmax(dim=-1).cpu()
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-class TextStream:
-    """Incremental detokenizer: the text each new id adds, without splitting multi-byte characters.
-
-    Byte-fallback ids carry one UTF-8 byte each, and an incomplete character decodes to U+FFFD; so
-    text is released only when decode(all ids) ends cleanly, as the part not released before.
-    `flush` releases the rest at the end, so the pieces always concatenate to decode(all ids).
-    """
-
-    def __init__(self, tok: Tokenizer) -> None:
-        self.tok = tok
-        self.ids: list[int] = []
-        self.emitted = ""
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        return self._release(text)
-
-    def flush(self) -> str:
-        return self._release(self.tok.decode(self.ids))
-
-    def _release(self, text: str) -> str:
-        piece = text[len(self.emitted) :]
-        self.emitted = text
-        return piece
-
-
 def attention_row(attn, x: Tensor, cos: Tensor, sin: Tensor, keys: Tensor | None) -> Tensor:
     """Attention weights of x's last position over all keys, averaged over heads: (S,) fp32.
 
@@ -235,38 +124,6 @@ def attention_row(attn, x: Tensor, cos: Tensor, sin: Tensor, keys: Tensor | None
         keys = apply_rope(attn.project(x)[1], cos, sin)
     scores = q.float() @ keys.float().transpose(-2, -1) / math.sqrt(attn.head_dim)  # (B, H, 1, S)
     return scores.softmax(dim=-1).mean(dim=1)[0, 0]
-
-
-# ---------------------------------------------------------------------------------------------
-# Fitting a chat into the context.
-
-
-def fit_messages(tok: Tokenizer, messages: list[dict], max_context: int, max_new_tokens: int) -> list[dict]:
-    """The conversation with its oldest turns dropped until the prompt leaves room for the answer.
-
-    System messages always stay; other turns go oldest first (a turn = a user message and the
-    replies after it, so the kept history still starts with a user). ValueError when even the last
-    user message (with the system messages) does not fit in max_context - max_new_tokens.
-    """
-    budget = max_context - max_new_tokens
-    if budget <= 0:
-        raise ValueError(
-            f"max_new_tokens={max_new_tokens} leaves no room for a prompt in a context of {max_context} "
-            f"tokens; lower max_new_tokens below {max_context}"
-        )
-    system = [m for m in messages if m["role"] == "system"]
-    rest = [m for m in messages if m["role"] != "system"]
-    while (n := len(prompt_ids(tok, system + rest))) > budget:
-        if len(rest) <= 1:
-            raise ValueError(
-                f"the last message alone makes a {n}-token prompt (system messages included), but only "
-                f"{budget} fit: context {max_context} minus max_new_tokens={max_new_tokens}; shorten the "
-                "message or the system prompt, or lower max_new_tokens"
-            )
-        rest = rest[1:]
-        while len(rest) > 1 and rest[0]["role"] != "user":
-            rest = rest[1:]
-    return system + rest
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,7 +198,7 @@ class Engine:
             room = f"lower max_new_tokens to {S - P} or less, or shorten" if P < S else "shorten"
             raise ValueError(
                 f"prompt ({P} tokens) + max_new_tokens ({N}) = {P + N} exceeds the model context "
-                f"seq_len={S}; {room} the prompt (chat drops the oldest turns: engine.fit_messages)"
+                f"seq_len={S}; {room} the prompt (chat drops the oldest turns: chat_format.fit_messages)"
             )
         bad = [i for i in params.banned_ids if not 0 <= i < V]
         if bad:
@@ -461,83 +318,3 @@ class Engine:
         return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Inference precision and loading.
-
-DECODE_PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-PRECISION_LABELS = {
-    "fp32": "fp32",
-    "bf16": "bf16 weights",
-    "fp16": "fp16 weights",
-    "int8": "int8 weights (bf16 matmuls, fp32 rest)",
-}
-# Generation runs without autocast: prepare_for_decoding already put the weights in the form to compute in.
-NO_AUTOCAST = Precision(False, None, False)
-
-
-def decode_precision(device: torch.device, choice: str = "auto") -> str:
-    """How generation stores the weights: "fp32", "bf16", "fp16" or "int8" (see prepare_for_decoding).
-
-    Batch-1 decoding is bound by reading the weights, so fewer bytes per weight is the lever.
-    Measured on a 2-core AVX512-BF16 CPU (V=16384 C=384 L=8, 256 + 256 tokens, greedy, tokens/s):
-    fp32 ~270, bf16 weights ~240, int8 weights ~720 (bf16 matrix-vector products are slow there, and
-    bf16 attention over the cache 4x slower than fp32; int8 keeps attention and the cache fp32). What
-    it costs in answers, `ngpt bench quality`: on two demo models int8 KL to fp32 ~1e-5 nats/token,
-    top-1 agreement 100 %, 30/30 greedy replies identical. So auto = int8 on CPUs with native bf16, bf16 on CUDA GPUs that have it (fp16 on older
-    ones), else fp32 (MPS included, as in training). Re-measure: `ngpt bench speed --decode --precision X`.
-    """
-    if choice not in DECODE_PRECISIONS:
-        raise ValueError(f"precision {choice!r} is not known; choose one of: {', '.join(DECODE_PRECISIONS)}")
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    if choice == "auto":
-        if device.type == "cuda":
-            return "bf16" if cuda_bf16 else "fp16"
-        return "int8" if int8_supported(device) and cpu_has_native_bf16() else "fp32"
-    if choice == "bf16" and device.type == "cuda" and not cuda_bf16:
-        raise ValueError("--precision bf16 but this GPU does not support bf16; use fp16, fp32 or auto")
-    if choice == "fp16" and device.type == "cpu":
-        raise ValueError("--precision fp16 is not supported for CPU decoding (far slower than fp32); use int8, bf16, fp32 or auto")
-    if choice == "int8" and not int8_supported(device):
-        raise ValueError(f"--precision int8 runs on the CPU only (device here: {device}); use bf16, fp16, fp32 or auto")
-    return choice
-
-
-def prepare_for_decoding(model: GPT, precision: str) -> GPT:
-    """The model (changed in place) with its weights in `precision`; run it with NO_AUTOCAST.
-
-    fp32/bf16/fp16: every tensor cast (the KV cache follows the keys' dtype; the RoPE tables are cast
-    too, apply_rope casts them to the activations' dtype anyway). int8: ngpt.quantize.quantize_int8.
-    """
-    if precision == "int8":
-        return quantize_int8(model)
-    return model.to(dtype=DTYPES[precision])
-
-
-def checkpoint_generation(state: dict, path: Path) -> tuple[str, dict]:
-    """The `generation` settings a checkpoint's training run set explicitly, as a settings layer.
-
-    Chat and serve put it under --config, env and flags (settings.load_settings `base`): a model
-    trained with, say, temperature 0.7 in its config chats at 0.7 unless told otherwise.
-    """
-    overrides = state.get("overrides") or {}  # as ngpt train records them: {"config": {...}, "flags": {...}}
-    generation = {**(overrides.get("config") or {}).get("generation", {}), **(overrides.get("flags") or {}).get("generation", {})}
-    # A key a later ngpt renamed or dropped is not the user's mistake now: leave it out.
-    generation = {k: v for k, v in generation.items() if k in GenerationSettings.model_fields}
-    return f"checkpoint {path}", {"generation": generation} if generation else {}
-
-
-def load_engine(
-    ckpt: str | Path, device: str = "auto", precision: str = "auto", *, use_kv_cache: bool = True
-) -> tuple[Engine, dict, Path, str]:
-    """(Engine for a checkpoint file or folder, its state without weights, the .pt file, the weight precision).
-
-    What `ngpt chat`, `ngpt serve` and `ngpt demo` load: weights prepared once (decode_precision), no autocast.
-    """
-    from ngpt.train.checkpoint import find_checkpoint, load_for_inference
-
-    path = find_checkpoint(ckpt)
-    dev = resolve_device(device)
-    chosen = decode_precision(dev, precision)
-    model, tok, state = load_for_inference(path, "cpu")
-    engine = Engine(prepare_for_decoding(model, chosen), tok, dev, NO_AUTOCAST, use_kv_cache=use_kv_cache)
-    return engine, state, path, chosen

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import torch
 
-from ngpt.export import write_hf_folder
+from ngpt.export.hf import write_hf_folder
 from ngpt.io_utils import atomic_write_bytes, atomic_write_text, file_digest, file_sha256
 from ngpt.settings import ModelSettings
-from ngpt.train.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from ngpt.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 OFFLINE_VARS = "HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE"
@@ -195,7 +195,7 @@ def shared_checkpoint_bytes(state: dict) -> bytes:
 
 def final_metrics(state: dict) -> dict[str, float]:
     """The last logged value of each metric of the checkpoint's phase, from runs/<run_id>/metrics.jsonl when present."""
-    from ngpt.train.report import read_metrics
+    from ngpt.metrics import read_metrics
 
     settings, run_id = state.get("settings") or {}, state.get("run_id")
     if not run_id:

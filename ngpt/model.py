@@ -3,27 +3,17 @@
 token embedding → L pre-norm blocks (RMSNorm → causal self-attention with RoPE; RMSNorm → SwiGLU MLP)
 → final RMSNorm → LM head tied to the embedding. No biases. Every choice that matters numerically
 (RoPE half-split layout, RMSNorm in fp32, SwiGLU) is Hugging Face Llama's, so the export to
-`LlamaForCausalLM` is a rename of tensors, no permutation:
-
-    ngpt                          LlamaForCausalLM
-    tok_emb.weight                model.embed_tokens.weight
-    blocks.{i}.attn_norm.weight   model.layers.{i}.input_layernorm.weight
-    blocks.{i}.attn.{q,k,v,o}     model.layers.{i}.self_attn.{q,k,v,o}_proj.weight
-    blocks.{i}.mlp_norm.weight    model.layers.{i}.post_attention_layernorm.weight
-    blocks.{i}.mlp.{gate,up,down} model.layers.{i}.mlp.{gate,up,down}_proj.weight
-    norm.weight                   model.norm.weight
-    lm_head.weight                lm_head.weight  (the same tensor as tok_emb.weight: tie_word_embeddings)
-
-Usage:
+`LlamaForCausalLM` is a rename of tensors (ngpt.export.hf), no permutation.
 
     from ngpt.settings import ModelSettings
     from ngpt.model import GPT
     model = GPT(ModelSettings(vocab_size=16384, seq_len=512))
     logits, loss = model(idx, targets)           # idx, targets: (B, T) int64; targets -100 = no loss
-    _, loss = model(idx, targets, logits="none")  # training: the fused head + loss, no (B, T, V) logits
+    _, loss = model(idx, targets, logits="none")  # training: only the loss (the fused path on the CPU)
 
-The KV-cache seam for generation: pass `kv_cache` (anything with `update(layer_idx, k, v)`, see
-`KVCache`) and `start_pos` (how many tokens the cache already holds).
+The kernels (attention, the loss, the oneDNN linear) live in ngpt.kernels; this file only says what
+is computed. The KV-cache seam for generation: pass `kv_cache` (anything with `update(layer_idx, k, v)`,
+see `KVCache`) and `start_pos` (how many tokens the cache already holds).
 """
 
 from __future__ import annotations
@@ -36,9 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from ngpt.chat_format import IGNORE_INDEX
-from ngpt.linear_cross_entropy import linear_cross_entropy
-from ngpt.onednn import Linear
+from ngpt.kernels.attention import attention
+from ngpt.kernels.lm_loss import cross_entropy, lm_loss
+from ngpt.kernels.onednn import Linear
 from ngpt.settings import ModelSettings
 
 INIT_STD = 0.02
@@ -78,96 +68,6 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Causal attention over a whole sequence (training, prefill, no-cache generation).
-
-QUERY_CHUNK = 128  # query rows per block in matmul_causal_attention (64/128/256/512: 10.5/9.4/11.2/13.3 ms bf16)
-
-
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, doc_ids: Tensor | None = None) -> Tensor:
-    """softmax(q kᵀ/√D + causal mask) v for q, k, v (B, H, T, D): the fastest exact kernel per device.
-
-    doc_ids (B, T), for rows packing several documents (SFT): a position only sees earlier positions
-    of its own document, as if each were alone in the row (RoPE is relative, so their offsets in
-    the row do not matter).
-
-    On GPUs that is the fused SDPA kernel (with doc_ids, SDPA with a dense (B, 1, T, T) mask, which
-    rules out the flash kernel: unmeasured, no GPU here). On CPUs the fused (flash) kernel is slower than plain
-    matmuls: measured fwd+bwd at B=4 H=6 T=512 D=64 on a 2-core AVX512-BF16 CPU, SDPA 26 ms (bf16) /
-    30 ms (fp32) per layer vs matmul_causal_attention 9.4 / 18 ms. `ngpt bench speed --train` shows it.
-    """
-    if q.device.type == "cpu":
-        return matmul_causal_attention(q, k, v, doc_ids=doc_ids)
-    if doc_ids is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    T = q.size(-2)
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    same_doc = doc_ids[:, None, :, None] == doc_ids[:, None, None, :]  # (B, 1, T, T)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal & same_doc)
-
-
-def matmul_causal_attention(
-    q: Tensor, k: Tensor, v: Tensor, chunk: int = QUERY_CHUNK, doc_ids: Tensor | None = None
-) -> Tensor:
-    """Causal attention as batched matmuls, in blocks of `chunk` query rows.
-
-    Block i (queries i·chunk ..) only multiplies against the keys it may see (0 .. its last row),
-    so the masked upper triangle is mostly never computed: at T=512, chunk=128 does 5/8 of the
-    full T×T work. Scores are in the inputs' dtype (bf16 under autocast, as in GPT-2/Megatron's
-    unfused attention); softmax accumulates in fp32 either way. The backward is written out
-    (_BlockCausalAttention): left to autograd, every block's slice of k and v would get its own
-    full-size zero-filled gradient to be summed, ~4 % of a CPU training step.
-    """
-    return _BlockCausalAttention.apply(q, k, v, chunk, doc_ids)
-
-
-def _future_mask(n: int, device: torch.device) -> Tensor:
-    """(n, n) True above the diagonal: within a block's own square, row r must not see keys after r."""
-    return torch.ones(n, n, dtype=torch.bool, device=device).triu(diagonal=1)
-
-
-class _BlockCausalAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, chunk: int, doc_ids: Tensor | None) -> Tensor:
-        T, scale = q.size(-2), q.size(-1) ** -0.5
-        q = q * scale  # before the matmul: T×D values instead of T×T
-        out = torch.empty_like(q)
-        probs = []
-        for start in range(0, T, chunk):
-            end = min(start + chunk, T)
-            scores = q[..., start:end, :] @ k[..., :end, :].transpose(-2, -1)  # (B, H, end-start, end)
-            # Row r (position start + r) sees keys 0 .. start + r: all before the block, and the
-            # lower triangle of its own square.
-            scores[..., start:end].masked_fill_(_future_mask(end - start, q.device), float("-inf"))
-            if doc_ids is not None:  # and nothing of another document packed in the same row
-                other_doc = doc_ids[:, None, start:end, None] != doc_ids[:, None, None, :end]
-                scores.masked_fill_(other_doc, float("-inf"))
-            p = scores.softmax(dim=-1)
-            out[..., start:end, :] = p @ v[..., :end, :]
-            probs.append(p)
-        ctx.save_for_backward(q, k, v, *probs)
-        ctx.chunk, ctx.scale = chunk, scale
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        q, k, v, *probs = ctx.saved_tensors  # q is already scaled
-        T, chunk = q.size(-2), ctx.chunk
-        # Keys and values get a gradient from every block at or after theirs, summed in the inputs' dtype:
-        # under bf16 that is T/chunk - 1 extra roundings (3 at T=512), no coarser than the bf16 matmuls
-        # they then flow through. Summing in fp32 measured 17 % slower attention (11.0 vs 9.4 ms/layer).
-        grad_q, grad_k, grad_v = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for p, start in zip(probs, range(0, T, chunk)):
-            end = min(start + chunk, T)
-            g = grad_out[..., start:end, :]
-            grad_v[..., :end, :] += p.transpose(-2, -1) @ g
-            # softmax backward: p ⊙ (dp − Σ dp⊙p); masked keys have p = 0, so their score gradient is 0
-            grad_scores = torch._softmax_backward_data(g @ v[..., :end, :].transpose(-2, -1), p, -1, p.dtype)
-            grad_q[..., start:end, :] = grad_scores @ k[..., :end, :]
-            grad_k[..., :end, :] += grad_scores.transpose(-2, -1) @ q[..., start:end, :]
-        return grad_q * ctx.scale, grad_k, grad_v, None, None
-
-
-# ---------------------------------------------------------------------------------------------
 # The building blocks.
 
 
@@ -191,21 +91,20 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelSettings, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx  # which slot of a KV cache is ours
-        self.n_head = cfg.n_head
-        self.head_dim = cfg.head_dim
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
         C = cfg.n_embd
         self.q = Linear(C, C, bias=False)
         self.k = Linear(C, C, bias=False)
         self.v = Linear(C, C, bias=False)
         self.o = Linear(C, C, bias=False)
-        # Inference may replace q, k, v by one module computing all three in one matmul (ngpt.quantize).
-        self.qkv: nn.Module | None = None
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, C) → q, k, v (B, n_head, T, head_dim), before RoPE: heads become a batch dimension."""
-        B, T, C = x.shape
-        qkv = self.qkv(x).split(C, dim=-1) if self.qkv is not None else (self.q(x), self.k(x), self.v(x))
-        return tuple(t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in qkv)
+        return self.split_heads(self.q(x)), self.split_heads(self.k(x)), self.split_heads(self.v(x))
+
+    def split_heads(self, t: Tensor) -> Tensor:
+        B, T, _ = t.shape
+        return t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
 
     def forward(
         self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None, doc_ids: Tensor | None = None
@@ -215,14 +114,7 @@ class CausalSelfAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
-        S = k.size(2)  # keys visible: the cached past plus these T
-        if S == T:  # no past: plain causal attention
-            y = causal_attention(q, k, v, doc_ids)
-        elif T == 1:  # one new token decoding: it may see every cached key
-            y = F.scaled_dot_product_attention(q, k, v)
-        else:  # T new tokens after a cached past: query i sees keys 0 .. S-T+i (is_causal would align top-left)
-            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = attention(q, k, v, doc_ids)
         return self.o(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -231,16 +123,12 @@ class MLP(nn.Module):
 
     def __init__(self, cfg: ModelSettings) -> None:
         super().__init__()
-        d_ff = cfg.ffn_dim
-        self.gate = Linear(cfg.n_embd, d_ff, bias=False)
-        self.up = Linear(cfg.n_embd, d_ff, bias=False)
-        self.down = Linear(d_ff, cfg.n_embd, bias=False)
-        # Inference may replace gate and up by one module computing both in one matmul (ngpt.quantize).
-        self.gate_up: nn.Module | None = None
+        self.gate = Linear(cfg.n_embd, cfg.ffn_dim, bias=False)
+        self.up = Linear(cfg.n_embd, cfg.ffn_dim, bias=False)
+        self.down = Linear(cfg.ffn_dim, cfg.n_embd, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1) if self.gate_up is not None else (self.gate(x), self.up(x))
-        return self.down(F.silu(gate) * up)
+        return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
 class Block(nn.Module):
@@ -310,25 +198,11 @@ class GPT(nn.Module):
         targets[b, t] is the label for position t (already shifted); IGNORE_INDEX (-100) means no loss.
         start_pos is the position of idx[:, 0] (the number of tokens already in kv_cache).
         logits: "all" positions; "last" only (B, 1, V), what generation needs after a prompt; "none",
-        what training wants: only the loss, and None in the logits' place. On the CPU it comes from the
-        fused head + cross entropy (linear_cross_entropy), which never holds the (B, T, V) logits; its
-        row blocks were tuned there, so other devices keep the plain cross entropy until measured.
+        what training wants: only the loss (lm_loss: on the CPU it never holds the (B, T, V) logits).
         doc_ids (B, T): for rows packing several documents (SFT batches), attention stays within each.
         """
         B, T = idx.shape
-        if start_pos + T > self.cfg.seq_len:
-            raise ValueError(
-                f"positions {start_pos}..{start_pos + T - 1} do not fit model.seq_len={self.cfg.seq_len}; "
-                "pass at most seq_len tokens (truncate the prompt or start a new context)"
-            )
-        if logits not in ("all", "last", "none"):
-            raise ValueError(f"logits={logits!r}; choose 'all', 'last' or 'none'")
-        if logits == "none" and targets is None:
-            raise ValueError("logits='none' returns only the loss, so it needs targets")
-        if logits == "last" and targets is not None:
-            raise ValueError("logits='last' gives one position; a loss over targets needs logits='all' or 'none'")
-        if doc_ids is not None and kv_cache is not None:
-            raise ValueError("doc_ids are for whole packed rows (training), not for KV-cache generation")
+        self._check_call(start_pos, T, targets, kv_cache, logits, doc_ids)
         cos = self.rope_cos[start_pos : start_pos + T]
         sin = self.rope_sin[start_pos : start_pos + T]
         x = self.tok_emb(idx)
@@ -340,18 +214,27 @@ class GPT(nn.Module):
             else:
                 x = block(x, cos, sin, kv_cache, doc_ids)
         x = self.norm(x)
-        if logits == "none" and x.device.type == "cpu":
-            if not isinstance(self.lm_head, nn.Linear):
-                raise ValueError("logits='none' trains through the head's weight; this model's head is quantized (inference only)")
-            return None, linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T))
+        if logits == "none":
+            return None, lm_loss(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T))
         out = self.lm_head(x[:, -1:] if logits == "last" else x)
-        loss = None
-        if targets is not None:
-            # fp32 for the softmax over V: bf16 log-probs are too coarse for a loss that moves by 1e-3.
-            loss = F.cross_entropy(
-                out.float().flatten(0, 1), targets[:, -out.size(1) :].reshape(-1), ignore_index=IGNORE_INDEX
+        return out, None if targets is None else cross_entropy(out, targets)
+
+    def _check_call(self, start_pos, T, targets, kv_cache, logits, doc_ids) -> None:
+        if start_pos + T > self.cfg.seq_len:
+            raise ValueError(
+                f"positions {start_pos}..{start_pos + T - 1} do not fit model.seq_len={self.cfg.seq_len}; "
+                "pass at most seq_len tokens (truncate the prompt or start a new context)"
             )
-        return (None if logits == "none" else out), loss
+        if logits not in ("all", "last", "none"):
+            raise ValueError(f"logits={logits!r}; choose 'all', 'last' or 'none'")
+        if logits == "none" and targets is None:
+            raise ValueError("logits='none' returns only the loss, so it needs targets")
+        if logits == "none" and not self.lm_head.weight.is_floating_point():
+            raise ValueError("logits='none' trains through the head's weight; this model's head is quantized (inference only)")
+        if logits == "last" and targets is not None:
+            raise ValueError("logits='last' gives one position; a loss over targets needs logits='all' or 'none'")
+        if doc_ids is not None and kv_cache is not None:
+            raise ValueError("doc_ids are for whole packed rows (training), not for KV-cache generation")
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters counted once (the tied head is the embedding); non_embedding drops the V×C table."""
@@ -378,27 +261,3 @@ def param_count(cfg: ModelSettings) -> int:
     """
     with torch.device("meta"):
         return GPT(cfg).num_params()
-
-
-def llama_fields(cfg: ModelSettings) -> dict:
-    """The LlamaConfig fields that make transformers' LlamaForCausalLM exactly this model's shape.
-
-    Shared by the export's config.json and the benchmark's comparison model (ngpt.bench.speed).
-    """
-    return {
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.n_embd,
-        "intermediate_size": cfg.ffn_dim,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.n_head,
-        "head_dim": cfg.head_dim,
-        "max_position_embeddings": cfg.seq_len,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "hidden_act": "silu",
-        "tie_word_embeddings": True,
-        "attention_bias": False,
-        "mlp_bias": False,
-        "attention_dropout": 0.0,
-    }

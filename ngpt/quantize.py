@@ -17,9 +17,10 @@ CPU only here (the kernel's CPU path is what was measured and tested); `int8_sup
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ngpt.model import GPT
+from ngpt.model import GPT, MLP, CausalSelfAttention
 
 ACTIVATION_DTYPE = torch.bfloat16  # what the int8 kernel multiplies the weights with
 # From this many rows on (a prompt, not one token) dequantise and use a bf16 matmul: the int8 kernel is a
@@ -61,19 +62,42 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per-row scales"
 
 
+class Int8Attention(CausalSelfAttention):
+    """The attention block with q, k, v as one Int8Linear (`qkv`) and o as another: fewer, larger matmuls."""
+
+    def __init__(self, attn: CausalSelfAttention) -> None:
+        nn.Module.__init__(self)
+        self.layer_idx, self.n_head, self.head_dim = attn.layer_idx, attn.n_head, attn.head_dim
+        self.qkv = Int8Linear(torch.cat([attn.q.weight, attn.k.weight, attn.v.weight]))
+        self.o = Int8Linear(attn.o.weight)
+
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = self.qkv(x).split(self.n_head * self.head_dim, dim=-1)
+        return self.split_heads(q), self.split_heads(k), self.split_heads(v)
+
+
+class Int8MLP(MLP):
+    """SwiGLU with gate and up as one Int8Linear (`gate_up`) and down as another."""
+
+    def __init__(self, mlp: MLP) -> None:
+        nn.Module.__init__(self)
+        self.gate_up = Int8Linear(torch.cat([mlp.gate.weight, mlp.up.weight]))
+        self.down = Int8Linear(mlp.down.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
 def quantize_int8(model: GPT) -> GPT:
     """Every linear layer of `model` as int8 (in place); the model stays fp32 otherwise.
 
-    q, k, v become one Int8Linear (`attn.qkv`) and gate, up another (`mlp.gate_up`): per token that is
-    4 matmuls per block instead of 7, each with its own casts and call overhead.
+    Each block's attention and MLP are swapped for their int8 forms (Int8Attention, Int8MLP): per
+    token that is 4 matmuls per block instead of 7, each with its own casts and call overhead.
     """
     model.float()
     for block in model.blocks:
-        attn, mlp = block.attn, block.mlp
-        attn.qkv = Int8Linear(torch.cat([attn.q.weight, attn.k.weight, attn.v.weight]))
-        attn.o = Int8Linear(attn.o.weight)
-        mlp.gate_up = Int8Linear(torch.cat([mlp.gate.weight, mlp.up.weight]))
-        mlp.down = Int8Linear(mlp.down.weight)
-        del attn.q, attn.k, attn.v, mlp.gate, mlp.up
+        block.attn = Int8Attention(block.attn)
+        block.mlp = Int8MLP(block.mlp)
     model.lm_head = Int8Linear(model.tok_emb.weight)  # unties: the lookup keeps the fp32 table
-    return model
+    return model.train(model.training)  # the new modules take the model's train/eval mode

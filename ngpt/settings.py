@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -32,6 +33,11 @@ SPECIAL_TOKENS: tuple[str, ...] = ("<|sys|>", "<|usr|>", "<|asst|>", "<|eot|>")
 IGNORE_INDEX = -100  # a label that takes no loss (prompt tokens, padding): torch's cross-entropy default
 AmpChoice = Literal["auto", "true", "false"]  # train.amp: auto = on where it measured faster (ngpt.device)
 AmpDtypeChoice = Literal["auto", "bf16", "fp16"]  # train.amp_dtype: auto = bf16 where supported, else fp16
+# How generation stores the weights (`--precision` of chat, serve, bench): auto = what decodes fastest here.
+WeightFormat = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
+# What `ngpt bench speed --compare` can time beside ngpt, the same model in another implementation.
+SpeedCompare = Literal["transformers"]
 AMP_CHOICES: tuple[str, ...] = get_args(AmpChoice)
 AMP_DTYPE_CHOICES: tuple[str, ...] = get_args(AmpDtypeChoice)
 REPLACED_WHOLE = {("data", "mix_pretrain"), ("data", "mix_sft")}
@@ -173,6 +179,30 @@ class TrainSettings(_Section):
     max_time: str | None = Field(None, description="Stop after this wall time, e.g. '8h', '30m'.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     seed: int = 1337
+
+    @field_validator("max_time")
+    @classmethod
+    def _duration(cls, value: str | None) -> str | None:
+        parse_duration(value)  # a bad duration fails at settings load, not when training starts
+        return value
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'8h', '90m', '45s', '1h30m' → seconds (None → None); ValueError naming the accepted forms."""
+    if not text:
+        return None
+    parts = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*", text)
+    if not parts or not any(parts.groups()):
+        raise ValueError(f"max_time={text!r}: use a duration like '8h', '90m', '1h30m' or '45s'")
+    h, m, s = (float(g) if g else 0.0 for g in parts.groups())
+    return h * 3600 + m * 60 + s
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of parse_duration, to the second: 28800 → '8h', 5400 → '1h30m', 36 → '36s'."""
+    h, rest = divmod(max(1, round(seconds)), 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{v}{unit}" for v, unit in ((h, "h"), (m, "m"), (s, "s")) if v)
 
 
 def _sft_defaults() -> TrainSettings:

@@ -6,6 +6,7 @@ text, whatever it contains, ever encodes to them — only code that builds a cha
 
     ngpt tokenizer train     # writes artifacts/tokenizer/spm.model + tokenizer_meta.json
     tok = Tokenizer.load("artifacts/tokenizer/spm.model"); tok.encode("hi"), tok.eot_id
+    stream = TextStream(tok); piece = stream.push(token_id)   # generation: text as it becomes whole
 """
 
 from __future__ import annotations
@@ -247,3 +248,32 @@ def report_rows(tok: Tokenizer, samples: list[SourceSample]) -> list[dict]:
             }
         )
     return rows
+
+
+class TextStream:
+    """Incremental detokenizer: the text each new id adds, without splitting multi-byte characters.
+
+    Byte-fallback ids carry one UTF-8 byte each, and an incomplete character decodes to U+FFFD; so
+    text is released only when decode(all ids) ends cleanly, as the part not released before.
+    `flush` releases the rest at the end, so the pieces always concatenate to decode(all ids).
+    """
+
+    def __init__(self, tok: Tokenizer) -> None:
+        self.tok = tok
+        self.ids: list[int] = []
+        self.emitted = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        return self._release(text)
+
+    def flush(self) -> str:
+        return self._release(self.tok.decode(self.ids))
+
+    def _release(self, text: str) -> str:
+        piece = text[len(self.emitted) :]
+        self.emitted = text
+        return piece

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ngpt.batches import SFTBatches
-from ngpt.chat_format import IGNORE_INDEX
+from ngpt.settings import IGNORE_INDEX
 
 PAD = 3
 

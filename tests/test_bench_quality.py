@@ -16,7 +16,7 @@ from ngpt.bench.quality import QualityPlan, read_prompts, run_quality
 from ngpt.cli.main import app
 from ngpt.model import GPT
 from ngpt.settings import ModelSettings
-from ngpt.train.checkpoint import CHECKPOINT_VERSION, save_checkpoint
+from ngpt.checkpoint import CHECKPOINT_VERSION, save_checkpoint
 
 QUESTIONS = ["What is ngpt?", "How do I train?", "Name a colour."]
 

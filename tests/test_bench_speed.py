@@ -27,7 +27,9 @@ from ngpt.bench.speed import (
 )
 from ngpt.cli.bench import app
 from ngpt.device import Precision, measure_matmul_peak
-from ngpt.engine import NO_AUTOCAST, Engine, SamplingParams, decode_precision, prepare_for_decoding
+from ngpt.engine import Engine
+from ngpt.inference import NO_AUTOCAST, choose_weights, prepare_for_decoding
+from ngpt.sampling import SamplingParams
 from ngpt.model import GPT
 from ngpt.settings import ModelSettings
 
@@ -174,16 +176,16 @@ def test_speed_decode_rejects_train_flags_and_a_context_too_small():
     assert isinstance(result.exception, ValueError) and "raise --seq-len" in str(result.exception)
 
 
-def test_decode_precision_choices():
+def test_decode_weight_choices():
     cpu = torch.device("cpu")
-    assert [decode_precision(cpu, c) for c in ("fp32", "bf16", "int8")] == ["fp32", "bf16", "int8"]
-    assert decode_precision(cpu, "auto") in ("fp32", "int8")
+    assert [choose_weights(cpu, c) for c in ("fp32", "bf16", "int8")] == ["fp32", "bf16", "int8"]
+    assert choose_weights(cpu, "auto") in ("fp32", "int8")
     with pytest.raises(ValueError, match="fp16 is not supported for CPU"):
-        decode_precision(cpu, "fp16")
+        choose_weights(cpu, "fp16")
     with pytest.raises(ValueError, match="int8 runs on the CPU only"):
-        decode_precision(torch.device("meta"), "int8")
+        choose_weights(torch.device("meta"), "int8")
     with pytest.raises(ValueError, match="choose one of: auto, fp32, bf16, fp16, int8"):
-        decode_precision(cpu, "int4")
+        choose_weights(cpu, "int4")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])

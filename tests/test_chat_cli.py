@@ -24,15 +24,17 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ngpt.chat_format import IGNORE_INDEX, labels_from_mask, render
+from ngpt.chat_format import labels_from_mask, render
+from ngpt.settings import IGNORE_INDEX
 from ngpt.cli.chat import ChatSession
 from ngpt.cli.train import _raw_overrides
 from ngpt.cli.main import app, main
-from ngpt.engine import Engine, SamplingParams
+from ngpt.engine import Engine
+from ngpt.sampling import SamplingParams
 from ngpt.model import GPT
 from ngpt.settings import GenerationSettings, load_settings
-from ngpt.train.checkpoint import CHECKPOINT_VERSION, load_checkpoint, load_for_inference, save_checkpoint
-from ngpt.train.loop import rng_state
+from ngpt.checkpoint import CHECKPOINT_VERSION, load_checkpoint, load_for_inference, save_checkpoint
+from ngpt.train.checkpoint import rng_state
 
 REPO = Path(__file__).resolve().parents[1]
 HELLO, TWICE, FRENCH, BONJOUR = "Hello there, river!", "You said hi twice.", "Answer in French.", "Bonjour!"
@@ -47,7 +49,7 @@ FAST = ["--device", "cpu", "--precision", "fp32", "--temperature", "0", "--max-n
 
 
 def checkpoint_dict(model: GPT, optimizer, settings, tok, step: int) -> dict:
-    """What ngpt.train.loop.checkpoint_state writes, for a model trained outside the loop."""
+    """What ngpt.train.checkpoint.checkpoint_state writes, for a model trained outside the loop."""
     return {
         "version": CHECKPOINT_VERSION, "phase": "sft", "step": step, "model": model.state_dict(),
         "model_config": settings.model.model_dump(mode="json"), "optimizer": optimizer.state_dict(),

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ngpt.chat_format import IGNORE_INDEX, labels_from_mask, prompt_ids, render, render_example
+from ngpt.chat_format import labels_from_mask, prompt_ids, render, render_example
+from ngpt.settings import IGNORE_INDEX
 
 CONV = [
     {"role": "system", "content": "Be brief."},

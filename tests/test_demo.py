@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ngpt.train.checkpoint import CheckpointError, load_for_inference
-from ngpt.train.report import read_metrics
+from ngpt.checkpoint import CheckpointError, load_for_inference
+from ngpt.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 

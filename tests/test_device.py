@@ -25,7 +25,7 @@ def test_cpu_resolves_and_fp32_is_off():
 
 CHURN = """
 import resource, torch
-from ngpt.device import retain_freed_memory
+from ngpt.kernels.memory import retain_freed_memory
 assert retain_freed_memory() is True
 
 def step():  # like a training step: many activations alive at once, all freed at the end

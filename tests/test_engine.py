@@ -14,16 +14,10 @@ import torch
 
 from ngpt.chat_format import prompt_ids
 from ngpt.device import Precision
-from ngpt.engine import (
-    Engine,
-    KVCache,
-    SamplingParams,
-    TextStream,
-    apply_repetition_penalty,
-    fit_messages,
-    top_k_filter,
-    top_p_filter,
-)
+from ngpt.chat_format import fit_messages
+from ngpt.engine import Engine, KVCache
+from ngpt.sampling import SamplingParams, apply_repetition_penalty, top_k_filter, top_p_filter
+from ngpt.tokenizer import TextStream
 from ngpt.model import GPT
 from ngpt.settings import GenerationSettings, ModelSettings
 

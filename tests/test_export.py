@@ -21,12 +21,13 @@ from typer.testing import CliRunner
 from conftest import WORDS
 from ngpt.chat_format import prompt_ids, render
 from ngpt.device import Precision
-from ngpt.engine import Engine, SamplingParams
-from ngpt.export import export_hf, tokenizer_json
+from ngpt.engine import Engine
+from ngpt.sampling import SamplingParams
+from ngpt.export.hf import export_hf, tokenizer_json
 from ngpt.model import GPT, apply_rope, rope_tables
 from ngpt.settings import ModelSettings, load_settings
 from ngpt.tokenizer import SourceSample, Tokenizer, train_tokenizer
-from ngpt.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ngpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 FP32 = Precision(False, None, False)
 ODD = [

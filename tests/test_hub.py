@@ -20,10 +20,11 @@ from typer.testing import CliRunner
 from hub_server import LoopbackHub
 from ngpt.chat_format import prompt_ids
 from ngpt.device import Precision
-from ngpt.engine import Engine, SamplingParams
-from ngpt.export import export_hf
+from ngpt.engine import Engine
+from ngpt.sampling import SamplingParams
+from ngpt.export.hf import export_hf
 from ngpt.hub import HubError, download, upload
-from ngpt.train.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_for_inference, save_checkpoint
+from ngpt.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, load_for_inference, save_checkpoint
 from test_export import write_tiny_checkpoint
 
 hf_constants = pytest.importorskip("huggingface_hub.constants")

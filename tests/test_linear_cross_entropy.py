@@ -1,4 +1,4 @@
-"""Tests for ngpt/linear_cross_entropy.py: the fused head + loss equals the plain way, in value and gradient.
+"""Tests for ngpt/kernels/linear_cross_entropy.py: the fused head + loss equals the plain way, in value and gradient.
 
     pytest tests/test_linear_cross_entropy.py
 """
@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import ngpt.linear_cross_entropy as lce
-from ngpt.linear_cross_entropy import linear_cross_entropy
+import ngpt.kernels.linear_cross_entropy as lce
+from ngpt.kernels.linear_cross_entropy import linear_cross_entropy
 
 V, C, N = 50, 16, 37  # N not a multiple of the block rows forced below: the last block is ragged
 

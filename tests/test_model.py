@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ngpt.export import hf_state_dict
-from ngpt.model import GPT, apply_rope, llama_fields, matmul_causal_attention, rope_tables
+from ngpt.export.hf import hf_state_dict, llama_fields
+from ngpt.kernels.attention import matmul_causal_attention
+from ngpt.model import GPT, apply_rope, rope_tables
 from ngpt.settings import ModelSettings
 
 

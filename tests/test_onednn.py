@@ -1,4 +1,4 @@
-"""Tests for ngpt/onednn.py: the oneDNN fp32 linear equals torch's, in value and gradient; fallbacks hold.
+"""Tests for ngpt/kernels/onednn.py: the oneDNN fp32 linear equals torch's, in value and gradient; fallbacks hold.
 
     pytest tests/test_onednn.py
 """
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ngpt import onednn
-from ngpt.onednn import Linear, matmul_nt
+from ngpt.kernels import onednn
+from ngpt.kernels.onednn import Linear, matmul_nt
 
 
 def test_the_op_is_available_in_this_torch():

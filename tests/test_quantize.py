@@ -10,7 +10,9 @@ import copy
 import pytest
 import torch
 
-from ngpt.engine import NO_AUTOCAST, Engine, SamplingParams
+from ngpt.engine import Engine
+from ngpt.inference import NO_AUTOCAST
+from ngpt.sampling import SamplingParams
 from ngpt.model import GPT
 from ngpt.quantize import MATRIX_ROWS, Int8Linear, int8_supported, quantize_int8
 from ngpt.settings import ModelSettings

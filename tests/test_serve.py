@@ -33,13 +33,14 @@ openai = pytest.importorskip("openai")
 
 import torch  # noqa: E402
 
-from ngpt.engine import Engine, SamplingParams  # noqa: E402
+from ngpt.engine import Engine  # noqa: E402
+from ngpt.sampling import SamplingParams  # noqa: E402
 from ngpt.model import GPT  # noqa: E402
-from ngpt.engine import load_engine  # noqa: E402
+from ngpt.inference import load_engine  # noqa: E402
 from ngpt.serve.app import ServeOptions, StopMatcher, create_app, request_prompt  # noqa: E402
 from ngpt.serve.schemas import parse_chat_request  # noqa: E402
 from ngpt.settings import GenerationSettings, ModelSettings  # noqa: E402
-from ngpt.train.checkpoint import CHECKPOINT_VERSION, save_checkpoint  # noqa: E402
+from ngpt.checkpoint import CHECKPOINT_VERSION, save_checkpoint  # noqa: E402
 
 KEY = "test-key"
 MODEL_ID = "ngpt-tiny"

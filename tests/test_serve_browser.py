@@ -24,7 +24,7 @@ import pytest
 
 from test_serve import GEN, expected_reply, live_server, tiny_checkpoint, user  # skips with test_serve when fastapi is absent
 
-from ngpt.engine import load_engine
+from ngpt.inference import load_engine
 from ngpt.serve.app import ServeOptions, create_app
 
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, synthetic_text
-from ngpt.chat_format import IGNORE_INDEX, render
+from ngpt.chat_format import render
+from ngpt.settings import IGNORE_INDEX
 from ngpt.settings import load_settings
 from ngpt.sources.base import Conversation, Document, Source
 from ngpt.tokcache import PretrainReader, SFTReader, SplitWriter, build_source, dtype_for_vocab, encode_pool, validate

@@ -17,10 +17,10 @@ import torch
 from fixtures import ngpt_cli, write_workspace
 from ngpt.model import GPT
 from ngpt.settings import ModelSettings, load_settings
-from ngpt.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ngpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ngpt.train.loop import TrainingDiverged, run_phase
 from ngpt.train.optim import make_optimizer
-from ngpt.train.report import METRIC_KEYS, read_metrics
+from ngpt.metrics import METRIC_KEYS, read_metrics
 from ngpt.train.schedule import lr_at_step
 
 TINY_MODEL = {"vocab_size": 384, "seq_len": 32, "n_embd": 32, "n_layer": 2, "n_head": 2}
@@ -267,7 +267,7 @@ def test_ddp_two_processes_on_cpu_match_single_process(workspace, tmp_path):
 
 
 def test_parse_duration():
-    from ngpt.train.loop import parse_duration
+    from ngpt.settings import parse_duration
 
     assert parse_duration("8h") == 8 * 3600 and parse_duration("1h30m") == 5400 and parse_duration("45s") == 45
     assert parse_duration(None) is None

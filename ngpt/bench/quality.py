@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from ngpt.chat_format import prompt_ids, read_chat_jsonl
-from ngpt.engine import NO_AUTOCAST, Engine, SamplingParams, prepare_for_decoding
+from ngpt.engine import Engine
+from ngpt.inference import NO_AUTOCAST, prepare_for_decoding
+from ngpt.sampling import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,7 @@ def read_prompts(path: str | Path, n: int) -> list[str]:
 
 
 def run_quality(plan: QualityPlan) -> list[QualityRow]:
-    from ngpt.train.checkpoint import load_for_inference
+    from ngpt.checkpoint import load_for_inference
 
     model, tok, _ = load_for_inference(plan.ckpt, "cpu")
     prompts = read_prompts(plan.prompts_file, plan.n_prompts)

@@ -33,17 +33,21 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import get_args
 
 import torch
 from torch import Tensor, nn
 
-from ngpt.device import DTYPES, MatmulPeak, Precision, device_name, dtype_name, measure_matmul_peak, retain_freed_memory, synchronize
-from ngpt.engine import NO_AUTOCAST, PRECISION_LABELS, prepare_for_decoding
-from ngpt.model import GPT, llama_fields, param_count
-from ngpt.settings import ModelSettings
+from ngpt.device import DTYPES, MatmulPeak, Precision, device_name, dtype_name, measure_matmul_peak, synchronize
+from ngpt.export.hf import llama_fields
+from ngpt.inference import NO_AUTOCAST, WEIGHT_LABELS, prepare_for_decoding
+from ngpt.kernels.memory import retain_freed_memory
+from ngpt.model import GPT, param_count
+from ngpt.settings import ModelSettings, SpeedCompare
 from ngpt.train.optim import make_optimizer
+from ngpt.train.step import autocast_factory, optimizer_step
 
-COMPARE_CHOICES = ("transformers",)
+COMPARE_CHOICES = get_args(SpeedCompare)
 
 
 def model_dims(cfg: ModelSettings) -> dict:
@@ -172,27 +176,25 @@ def synthetic_batch(vocab_size: int, micro_b: int, seq_len: int, seed: int, devi
 
 
 class TrainStep:
-    """One model's full training step on a fixed batch; call it repeatedly."""
+    """One model's full training step on a fixed batch, as the training loop takes it; call it repeatedly.
+
+    Forward under the autocast training uses, backward (scaled for fp16), then training's own
+    optimizer_step (unscale, clip, step, zero) with training's optimizer.
+    """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[], Tensor], plan: SpeedPlan) -> None:
         self.loss_fn = loss_fn
-        self.precision = plan.precision
-        self.device_type = plan.device.type
+        self.autocast = autocast_factory(plan.device, plan.precision)
         self.grad_clip = plan.grad_clip
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = make_optimizer(model, lr=plan.lr, weight_decay=plan.weight_decay, device=plan.device)
-        self.scaler = torch.amp.GradScaler(self.device_type, enabled=plan.precision.use_grad_scaler)
+        self.scaler = torch.amp.GradScaler(plan.device.type) if plan.precision.use_grad_scaler else None
 
     def __call__(self) -> None:
-        with torch.autocast(self.device_type, dtype=self.precision.dtype, enabled=self.precision.enabled):
+        with self.autocast():
             loss = self.loss_fn()
-        self.scaler.scale(loss).backward()
-        if self.grad_clip > 0:
-            self.scaler.unscale_(self.opt)
-            nn.utils.clip_grad_norm_(self.params, self.grad_clip)
-        self.scaler.step(self.opt)
-        self.scaler.update()
-        self.opt.zero_grad(set_to_none=True)
+        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        optimizer_step(self.opt, self.params, scaler=self.scaler, grad_clip=self.grad_clip)
 
 
 def time_interleaved(steps: list[TrainStep], warmup: int, n: int, device: torch.device) -> list[tuple[float, ...]]:
@@ -284,7 +286,7 @@ class DecodePlan:
 
     model: ModelSettings
     device: torch.device
-    precision: str  # how our weights are stored: fp32 | bf16 | fp16 | int8 (see engine.decode_precision)
+    precision: str  # how our weights are stored: fp32 | bf16 | fp16 | int8 (see inference.choose_weights)
     prompt_tokens: int = 256
     new_tokens: int = 256
     repeats: int = 3
@@ -391,7 +393,7 @@ class DecodeSpeedReport:
             },
             "params": self.params,
             **machine(p.device),
-            "precision": PRECISION_LABELS[p.precision],
+            "precision": WEIGHT_LABELS[p.precision],
             "ours": self.ours.to_json(),
             **self.extra,
         }
@@ -426,7 +428,8 @@ def build_transformers_generator(plan: DecodePlan, prompt: Tensor) -> Callable[[
 
 def run_decode_speed(plan: DecodePlan) -> DecodeSpeedReport:
     """Time greedy batch-1 generation: ours with and without the KV cache, and transformers if asked."""
-    from ngpt.engine import Engine, SamplingParams  # the engine is only needed here
+    from ngpt.engine import Engine  # the engine is only needed here
+    from ngpt.sampling import SamplingParams
 
     plan.check()
     torch.manual_seed(plan.seed)

@@ -15,37 +15,22 @@ costs in answers; the overnight config sweep.
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from ngpt.cli.common import ConfigOpt, DecodePrecision, PrintConfigOpt, ThreadsOpt, resolve_settings
+from ngpt.cli.common import ConfigOpt, PrintConfigOpt, ThreadsOpt, WeightFormatEnum, resolve_settings
 from ngpt.cli.sweep import sweep as sweep_cmd
 from ngpt.console import console, error_panel, kv_table, table
+from ngpt.settings import AmpChoice, AmpDtypeChoice, SpeedCompare, WeightFormat
 
 if TYPE_CHECKING:
     from ngpt.bench.speed import DecodePlan, DecodeSpeedReport, SpeedPlan, TrainSpeedReport
 
 app = typer.Typer(no_args_is_help=True)
 
-
-class Compare(str, Enum):
-    transformers = "transformers"
-
-
-class Amp(str, Enum):
-    auto = "auto"
-    true = "true"
-    false = "false"
-
-
-class AmpDtype(str, Enum):
-    auto = "auto"
-    bf16 = "bf16"
-    fp16 = "fp16"
 
 
 @app.command()
@@ -55,7 +40,7 @@ def speed(
         bool, typer.Option("--decode", help="Time batch-1 greedy generation, with and without the KV cache.")
     ] = False,
     compare: Annotated[
-        Optional[Compare], typer.Option(help="Also time this implementation of the same model, in the same run.")
+        Optional[SpeedCompare], typer.Option(help="Also time this implementation of the same model, in the same run.")
     ] = None,
     config: ConfigOpt = None,
     vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary size V (default model.vocab_size).")] = None,
@@ -66,9 +51,9 @@ def speed(
     device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N | mps (default pretrain.device).")] = None,
     threads: ThreadsOpt = None,
     micro_b: Annotated[Optional[int], typer.Option(min=1, help="--train: sequences per step (micro_B) [default 4].")] = None,
-    amp: Annotated[Optional[Amp], typer.Option(help="--train: autocast auto | true | false (default pretrain.amp).")] = None,
+    amp: Annotated[Optional[AmpChoice], typer.Option(help="--train: autocast auto | true | false (default pretrain.amp).")] = None,
     amp_dtype: Annotated[
-        Optional[AmpDtype], typer.Option(help="--train: autocast dtype auto | bf16 | fp16 (default pretrain.amp_dtype).")
+        Optional[AmpDtypeChoice], typer.Option(help="--train: autocast dtype auto | bf16 | fp16 (default pretrain.amp_dtype).")
     ] = None,
     warmup_steps: Annotated[
         Optional[int], typer.Option(min=0, help="--train: untimed steps first (allocator, kernels, compile) [default 2].")
@@ -82,7 +67,7 @@ def speed(
         Optional[bool], typer.Option("--compile/--no-compile", help="--train: torch.compile the model(s) (both, when comparing).")
     ] = None,
     precision: Annotated[
-        Optional[DecodePrecision],
+        Optional[WeightFormat],
         typer.Option(help="--decode: weights auto | fp32 | bf16 | fp16 | int8 (auto: what decodes fastest here) [default auto]."),
     ] = None,
     prompt_tokens: Annotated[Optional[int], typer.Option(min=1, help="--decode: prompt length [default 256].")] = None,
@@ -97,8 +82,8 @@ def speed(
     overrides = {
         "model": {"vocab_size": vocab_size, "seq_len": seq_len, "n_embd": n_embd, "n_layer": n_layer, "n_head": n_head},
         "pretrain": {
-            "amp": amp.value if amp else None,
-            "amp_dtype": amp_dtype.value if amp_dtype else None,
+            "amp": amp,
+            "amp_dtype": amp_dtype,
             "device": device,
             "activation_checkpointing": activation_checkpointing,
             "compile": compile,
@@ -128,12 +113,12 @@ def speed(
     dev = resolve_device(t.device)
     if decode:
         from ngpt.bench.speed import DecodePlan, run_decode_speed
-        from ngpt.engine import decode_precision
+        from ngpt.inference import choose_weights
 
         plan = DecodePlan(
-            model=s.model, device=dev, precision=decode_precision(dev, precision.value if precision else "auto"),
+            model=s.model, device=dev, precision=choose_weights(dev, precision or "auto"),
             prompt_tokens=prompt_tokens or 256, new_tokens=new_tokens or 256, repeats=repeats or 3,
-            uncached=True if uncached is None else uncached, seed=t.seed, compare=compare.value if compare else None,
+            uncached=True if uncached is None else uncached, seed=t.seed, compare=compare,
         )
         plan.check()
         console.print(decode_plan_table(plan))
@@ -147,7 +132,7 @@ def speed(
             model=s.model, device=dev, precision=resolve_precision(dev, t.amp, t.amp_dtype), micro_b=micro_b or 4,
             warmup_steps=2 if warmup_steps is None else warmup_steps, steps=steps or 5,
             activation_checkpointing=t.activation_checkpointing, compile=t.compile, lr=t.lr,
-            weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, compare=compare.value if compare else None,
+            weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, compare=compare,
         )
         console.print(plan_table(plan))
         with console.status(f"measuring the matmul peak, then timing {plan.warmup_steps} + {plan.steps} steps"):
@@ -192,12 +177,12 @@ def result_table(report: TrainSpeedReport) -> Table:
 def decode_plan_table(plan: DecodePlan) -> Table:
     from ngpt.model import param_count
     from ngpt.device import device_label
-    from ngpt.engine import PRECISION_LABELS
+    from ngpt.inference import WEIGHT_LABELS
 
     m = plan.model
     return kv_table("bench speed --decode", {
         "device": device_label(plan.device),
-        "precision": PRECISION_LABELS[plan.precision],
+        "precision": WEIGHT_LABELS[plan.precision],
         "dims": m.dims_label,
         "params": param_count(m),
         "generation": f"batch 1, greedy, {plan.prompt_tokens} prompt tokens + {plan.new_tokens} new",
@@ -232,7 +217,7 @@ def decode_result_table(report: DecodeSpeedReport) -> Table:
 def quality(
     ckpt: Annotated[str, typer.Option("--ckpt", help="Checkpoint file or folder (as for ngpt chat).")],
     precision: Annotated[
-        Optional[list[DecodePrecision]], typer.Option(help="Precision(s) to compare with fp32 (repeat the flag) [default bf16, int8].")
+        Optional[list[WeightFormatEnum]], typer.Option(help="Precision(s) to compare with fp32 (repeat the flag) [default bf16, int8].")
     ] = None,
     prompts: Annotated[Path, typer.Option(help="Chat jsonl whose first user messages are the prompts.")] = Path("data/primer.jsonl"),
     n: Annotated[int, typer.Option(min=1, help="How many prompts.")] = 30,
@@ -243,7 +228,7 @@ def quality(
     import torch
 
     from ngpt.bench.quality import QualityPlan, run_quality
-    from ngpt.engine import decode_precision
+    from ngpt.inference import choose_weights
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -252,7 +237,7 @@ def quality(
     if bad:
         raise typer.BadParameter("compare concrete precisions other than fp32 (bf16, fp16, int8)", param_hint="--precision")
     for p in chosen:
-        decode_precision(torch.device("cpu"), p)  # a clear error for one this CPU cannot run
+        choose_weights(torch.device("cpu"), p)  # a clear error for one this CPU cannot run
     plan = QualityPlan(ckpt, prompts, chosen, n, max_new_tokens)
     console.print(kv_table("bench quality", {
         "checkpoint": ckpt, "prompts": f"first user message of {n} conversations in {prompts}",

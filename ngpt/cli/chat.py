@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 import typer
 from rich.console import Console
 
-from ngpt.cli.common import ConfigOpt, DecodePrecision, DecodePrecisionOpt, PrintConfigOpt, ThreadsOpt, resolve_settings
+from ngpt.cli.common import ConfigOpt, PrintConfigOpt, ThreadsOpt, WeightsOpt, resolve_settings
 from ngpt.console import console, err_console, error_panel, kv_table
 
 if TYPE_CHECKING:
-    from ngpt.engine import Engine, GenerationResult, SamplingParams
+    from ngpt.engine import Engine, GenerationResult
+    from ngpt.sampling import SamplingParams
 
 DEFAULT_SYSTEM_FILE = Path("configs/system.txt")
 COMMANDS = "/reset clears the history (the system prompt stays) · /exit or Ctrl-D quits"
@@ -66,7 +67,7 @@ class ChatSession:
         and so does an interrupted answer.
         """
         from ngpt.chat_format import prompt_ids
-        from ngpt.engine import fit_messages
+        from ngpt.chat_format import fit_messages
 
         messages = [*self.system, *self.history, {"role": "user", "content": text}]
         tok, seq_len = self.engine.tok, self.engine.model.cfg.seq_len
@@ -116,7 +117,7 @@ def chat(
     seed: Annotated[Optional[int], typer.Option(help="Sampling seed: the same seed and input give the same reply.")] = None,
     no_kv_cache: Annotated[bool, typer.Option("--no-kv-cache", help="Recompute the whole sequence per token (slow; for comparison).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
-    precision: DecodePrecisionOpt = DecodePrecision.auto,
+    precision: WeightsOpt = "auto",
     threads: ThreadsOpt = None,
     config: ConfigOpt = None,
     print_config: PrintConfigOpt = False,
@@ -131,12 +132,13 @@ def chat(
     import torch  # heavy imports only once a chat really starts: `ngpt --help` stays fast
 
     from ngpt.device import device_label
-    from ngpt.engine import PRECISION_LABELS, SamplingParams, checkpoint_generation, load_engine
+    from ngpt.inference import WEIGHT_LABELS, checkpoint_generation, load_engine
+    from ngpt.sampling import SamplingParams
     from ngpt.model import param_count
 
     if threads is not None:
         torch.set_num_threads(threads)
-    engine, state, path, chosen = load_engine(ckpt, device, precision.value, use_kv_cache=not no_kv_cache)
+    engine, state, path, chosen = load_engine(ckpt, device, precision, use_kv_cache=not no_kv_cache)
     # The checkpoint's own generation settings < --config < env < flags.
     settings = resolve_settings(config, None, {"generation": gen}, print_config, base=checkpoint_generation(state, path))
     model, tok, dev = engine.model, engine.tok, engine.device
@@ -157,7 +159,7 @@ def chat(
         "model": f"{param_count(m):,} params · {m.dims_label}",
         "tokenizer": f"{tok.vocab_size:,} ids · sha256 {tok.sha256[:12]}",
         "device": device_label(dev),
-        "precision": PRECISION_LABELS[chosen],
+        "precision": WEIGHT_LABELS[chosen],
         "KV cache": "off (--no-kv-cache)" if no_kv_cache else "on",
         "sampling": sampling_label(params),
         "max new tokens": f"{params.max_new_tokens}{capped}",

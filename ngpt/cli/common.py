@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from ngpt.console import console
-from ngpt.settings import Settings, deep_merge, load_settings, parse_source_flags, settings_json
+from ngpt.settings import WEIGHT_FORMATS, Settings, WeightFormat, deep_merge, load_settings, parse_source_flags, settings_json
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="JSON override file shaped like Settings (see configs/).")
@@ -24,16 +24,10 @@ SourceOpt = Annotated[
 PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved settings as JSON and exit.")]
 
 
-class DecodePrecision(str, Enum):  # ngpt.engine.DECODE_PRECISIONS, kept here so --help imports no torch
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    int8 = "int8"
-
-
-DecodePrecisionOpt = Annotated[
-    DecodePrecision, typer.Option(help="Weights: auto (what decodes fastest here) | fp32 | bf16 | fp16 | int8.")
+# Typer takes a list of choices only as an Enum; the values come from the one table in settings.
+WeightFormatEnum = Enum("WeightFormatEnum", {name: name for name in WEIGHT_FORMATS}, type=str)
+WeightsOpt = Annotated[
+    WeightFormat, typer.Option("--precision", help="Weights: auto (what decodes fastest here) | fp32 | bf16 | fp16 | int8.")
 ]
 ThreadsOpt = Annotated[Optional[int], typer.Option(min=1, help="CPU threads for torch (default: torch's choice).")]
 

@@ -34,8 +34,9 @@ def demo(
     from ngpt.chat_format import prompt_ids
     from ngpt.cli.main import app
     from ngpt.demo_corpus import write_notes
-    from ngpt.engine import SamplingParams, load_engine
-    from ngpt.train.report import read_metrics
+    from ngpt.inference import load_engine
+    from ngpt.sampling import SamplingParams
+    from ngpt.metrics import read_metrics
 
     for needed in (FACTS, PRIMER, config):
         if not needed.is_file():

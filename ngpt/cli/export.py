@@ -24,7 +24,7 @@ def hf(
     dtype: Annotated[str, typer.Option(help="Weight dtype in model.safetensors: float32, bfloat16 or float16.")] = "float32",
 ) -> None:
     """Write a folder that AutoModelForCausalLM / AutoTokenizer open with no ngpt code."""
-    from ngpt.export import export_hf
+    from ngpt.export.hf import export_hf
 
     console.print(kv_table("export hf", {"checkpoint": ckpt, "out": out, "dtype": dtype, "replace existing": force}))
     with console.status("exporting"):

@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ngpt.cli.common import ConfigOpt, DecodePrecision, DecodePrecisionOpt, ThreadsOpt
+from ngpt.cli.common import ConfigOpt, ThreadsOpt, WeightsOpt
 from ngpt.console import console, kv_table
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -28,7 +28,7 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0 = any free port; uvicorn logs which).")] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="NGPT_API_KEY", help="Require `Authorization: Bearer KEY` on /v1 routes.")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "auto",
-    precision: DecodePrecisionOpt = DecodePrecision.auto,
+    precision: WeightsOpt = "auto",
     threads: ThreadsOpt = None,
     config: ConfigOpt = None,
     model_name: Annotated[Optional[str], typer.Option("--model-name", help="Name in /v1/models and responses (default: ngpt-PHASE-stepN).")] = None,
@@ -41,21 +41,21 @@ def serve(
     try:  # heavy imports only once serving really starts: `ngpt --help` stays fast
         import uvicorn
 
-        from ngpt.engine import checkpoint_generation, load_engine
+        from ngpt.inference import checkpoint_generation, load_engine
         from ngpt.serve.app import ServeOptions, create_app
     except ImportError as e:
         raise RuntimeError(f"`ngpt serve` needs the serve extra ({e.name} is not installed): pip install -e \".[serve]\"") from None
     import torch
 
     from ngpt.device import device_label
-    from ngpt.engine import PRECISION_LABELS
+    from ngpt.inference import WEIGHT_LABELS
     from ngpt.model import param_count
     from ngpt.settings import load_settings
 
     api_key = api_key or None  # an empty NGPT_API_KEY means no key, not the empty key
     if threads is not None:
         torch.set_num_threads(threads)
-    engine, state, path, chosen = load_engine(ckpt, device, precision.value)
+    engine, state, path, chosen = load_engine(ckpt, device, precision)
     # The checkpoint's own generation settings < --config < env.
     generation = load_settings(config, base=checkpoint_generation(state, path)).generation
     cfg = engine.model.cfg
@@ -72,7 +72,7 @@ def serve(
         "shape": f"{n_params / 1e6:.2f}M params · {cfg.n_layer} layers × {cfg.n_embd} · context {cfg.seq_len}",
         "tokenizer": f"{engine.tok.vocab_size:,} ids · sha256 {engine.tok.sha256[:12]}",
         "device": device_label(engine.device),
-        "precision": PRECISION_LABELS[chosen],
+        "precision": WEIGHT_LABELS[chosen],
         "defaults": f"temperature {generation.temperature} · top_k {generation.top_k} · top_p {generation.top_p} · "
                     f"max_tokens {min(generation.max_new_tokens, max_tokens_cap or cfg.seq_len)} (cap {max_tokens_cap or cfg.seq_len})",
         "concurrency": f"{max_concurrent} generating · {max_queue} waiting",

@@ -35,7 +35,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ngpt.chat_format import prompt_ids
-from ngpt.engine import Engine, SamplingParams, Step
+from ngpt.engine import Engine, Step
+from ngpt.sampling import SamplingParams
 from ngpt.serve.schemas import (
     ApiError,
     AssistantMessage,

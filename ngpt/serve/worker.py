@@ -22,7 +22,8 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
 
-from ngpt.engine import Engine, SamplingParams, Step
+from ngpt.engine import Engine, Step
+from ngpt.sampling import SamplingParams
 
 
 class ServerBusy(RuntimeError):

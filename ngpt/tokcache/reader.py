@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ngpt.chat_format import IGNORE_INDEX
+from ngpt.settings import IGNORE_INDEX
 from ngpt.tokcache.layout import Phase, read_meta, shard_name, source_dir
 from ngpt.tokenizer import Tokenizer
 

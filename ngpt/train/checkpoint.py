@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save, safe load, the on-disk layout, resume precedence and shape checks.
+"""Training's checkpoint policy: where each phase saves, which save to resume from, the RNG state.
 
 Layout (DESIGN.md):
     checkpoints/{pretrain,sft}/latest.pt   newest periodic save of that phase
@@ -7,36 +7,24 @@ Layout (DESIGN.md):
     checkpoints/{pretrain,sft}/step_0000500.pt   periodic, the last `keep_last` kept
     checkpoints/latest.pt, checkpoints/best.pt   root copies of the phase that saved last (for serving)
 
-A checkpoint is self-contained: model + optimizer (+ grad scaler) + step + RNG and sampler state +
-resolved settings + raw overrides + tokenizer sha256. Files are written to a temp name and renamed,
-so a kill mid-save leaves the previous checkpoint intact; copies are hard links where possible.
+The file format itself (save/load/find, shape checks) is ngpt.checkpoint; copies are hard links
+where the filesystem allows.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
+import random
 import shutil
-import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from ngpt.checkpoint import CHECKPOINT_VERSION, CheckpointError, save_checkpoint
 from ngpt.io_utils import atomic_output
 
-CHECKPOINT_VERSION = 1
 PHASES = ("pretrain", "sft")
-# Fields that fix the tensor shapes: resuming or initialising across a change in any of them is an error.
-SHAPE_FIELDS = ("vocab_size", "seq_len", "n_embd", "n_layer", "n_head", "d_ff", "rope_theta")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is missing, corrupt, or does not fit the current settings."""
-
-
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    with atomic_output(path) as tmp:
-        torch.save(state, tmp)
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -47,36 +35,6 @@ def link_or_copy(src: Path, dst: Path) -> None:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint; a missing, truncated or foreign file is a CheckpointError saying so."""
-    path = find_checkpoint(path)
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(
-            f"Checkpoint {path} is corrupt or truncated and cannot be loaded ({type(e).__name__}: {str(e)[:160]}). "
-            "Delete it and resume from another one (--resume PATH), or start fresh with --no-resume."
-        ) from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "model" not in state:
-        raise CheckpointError(f"{path} is not an ngpt checkpoint (version {CHECKPOINT_VERSION}).")
-    return state
-
-
-def shape_of(model_cfg: dict) -> dict:
-    return {k: model_cfg.get(k) for k in SHAPE_FIELDS}
-
-
-def check_same_shape(saved: dict, current: dict, path: str | Path) -> None:
-    """ValueError with a field-by-field diff when the checkpoint's model shape differs from the settings."""
-    a, b = shape_of(saved), shape_of(current)
-    diff = [f"  model.{k}: checkpoint {a[k]!r} != settings {b[k]!r}" for k in SHAPE_FIELDS if a[k] != b[k]]
-    if diff:
-        raise CheckpointError(
-            f"Checkpoint {path} has a different model shape than the current settings:\n" + "\n".join(diff)
-            + "\nUse the checkpoint's model settings, or start fresh with --no-resume."
-        )
 
 
 def resolve_resume(phase_dir: Path, resume: str | Path | None, no_resume: bool) -> Path | None:
@@ -117,32 +75,48 @@ class CheckpointManager:
         return path
 
 
-def find_checkpoint(path: str | Path) -> Path:
-    """A .pt file, or a folder holding one: best.pt, then latest.pt (a phase folder, checkpoints/, a hub download)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "latest.pt"):
-            if (path / name).is_file():
-                return path / name
-        raise CheckpointError(f"{path} holds no best.pt or latest.pt; pass a checkpoint file or a folder with one.")
-    if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist; pass e.g. checkpoints/best.pt or checkpoints/sft/.")
-    return path
+
+def checkpoint_state(model, optimizer, scaler, step, batches, settings, raw_overrides, tok, phase, run_id, best_val, tokens_seen) -> dict:
+    """Everything a resumed run needs to continue exactly, and an inference load needs to stand alone."""
+    return {
+        "version": CHECKPOINT_VERSION,
+        "phase": phase,
+        "step": step,
+        "model": model.state_dict(),
+        "model_config": settings.model.model_dump(mode="json"),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "rng": rng_state(),
+        "sampler": batches.state_dict(),
+        "settings": settings.model_dump(mode="json"),
+        "overrides": raw_overrides,
+        "tokenizer_sha256": tok.sha256,
+        "tokenizer_model": tok.proto,  # the spm.model bytes: a checkpoint chats without any other file
+        "run_id": run_id,
+        "best_val": best_val,
+        "tokens_seen": tokens_seen,
+    }
 
 
-def load_for_inference(path: str | Path, device: torch.device | str = "cpu"):
-    """(model in eval mode on `device`, its Tokenizer, the checkpoint dict without weights) from a checkpoint."""
-    from ngpt.model import GPT
-    from ngpt.settings import ModelSettings
-    from ngpt.tokenizer import Tokenizer
+def rng_state() -> dict:
+    # numpy's MT19937 key becomes a list: checkpoints load with weights_only=True, which refuses arrays.
+    np_state = np.random.get_state(legacy=False)
+    np_state["state"]["key"] = np_state["state"]["key"].tolist()
+    state = {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
-    ckpt = find_checkpoint(path)
-    state = load_checkpoint(ckpt, map_location="cpu")
-    proto = state.get("tokenizer_model")
-    if not proto:
-        raise CheckpointError(f"{ckpt} does not carry its tokenizer (tokenizer_model); re-save it with this ngpt.")
-    tok = Tokenizer(f"{ckpt}#tokenizer", proto=proto)
-    model = GPT(ModelSettings(**state["model_config"]))
-    model.load_state_dict(state.pop("model"))
-    state.pop("optimizer", None)
-    return model.to(device).eval(), tok, state
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    np_state = dict(state["numpy"])
+    np_state["state"] = {**np_state["state"], "key": np.asarray(np_state["state"]["key"], dtype=np.uint32)}
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ngpt.batches import Batch
-from ngpt.chat_format import IGNORE_INDEX
+from ngpt.settings import IGNORE_INDEX
 
 BatchFn = Callable[[], Batch]  # ngpt.batches: x, y, doc_ids
 

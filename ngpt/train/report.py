@@ -1,49 +1,16 @@
-"""Run records: metrics.jsonl (stable keys), resolved_settings.json, and report.md with a loss-curve PNG.
+"""The end-of-run report: report.md with the plan tables, the final metrics and a loss-curve PNG.
 
-    runs/<run_id>/resolved_settings.json   written at start
-    runs/<run_id>/metrics.jsonl            one JSON object per log/eval event
-    runs/<run_id>/report.md, loss.png      written at the end
-
-Metric keys (DESIGN.md contract): train_loss, lr, tokens_per_s, mfu, val_pretrain_loss,
-val_sft_loss, val_bpb; every line also has phase and step.
+    runs/<run_id>/resolved_settings.json   written at start (the loop)
+    runs/<run_id>/metrics.jsonl            one JSON object per log/eval event (ngpt.metrics)
+    runs/<run_id>/report.md, loss.png      written at the end (here)
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ngpt.io_utils import atomic_output, atomic_write_text
-
-METRIC_KEYS = ("train_loss", "lr", "tokens_per_s", "mfu", "val_pretrain_loss", "val_sft_loss", "val_bpb")
-
-
-class MetricsLog:
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / "metrics.jsonl"
-        run_dir.mkdir(parents=True, exist_ok=True)
-
-    def write(self, phase: str, step: int, **metrics: float | None) -> None:
-        unknown = set(metrics) - set(METRIC_KEYS) - {"tokens", "elapsed_s"}
-        if unknown:
-            raise ValueError(f"not a metric key: {sorted(unknown)} (stable keys: {METRIC_KEYS})")
-        record = {"phase": phase, "step": step, **{k: v for k, v in metrics.items() if v is not None}}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Records of a metrics.jsonl; a step logged twice (a resumed run) keeps its last record."""
-    if not path.is_file():
-        return []
-    latest: dict[tuple, dict] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            kind = "eval" if any(k.startswith("val_") for k in r) else "train"
-            latest[(r["phase"], r["step"], kind)] = r
-    return sorted(latest.values(), key=lambda r: (r["phase"] != "pretrain", r["step"]))
-
+from ngpt.metrics import read_metrics
 
 def plot_losses(records: list[dict], out_png: Path) -> None:
     import matplotlib

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from ngpt.bench.sweep.grid import SweepError
 from ngpt.bench.sweep.ranking import Ranked
 from ngpt.io_utils import atomic_write_text
-from ngpt.settings import SettingsError, deep_merge, load_settings, read_config_file
+from ngpt.settings import SettingsError, deep_merge, format_duration, load_settings, read_config_file
 
 if TYPE_CHECKING:
     from ngpt.bench.sweep.search import SweepPlan
@@ -29,9 +29,7 @@ OVERNIGHT_EFFICIENCY = 0.9
 
 def duration_text(hours: float) -> str:
     """8 → '8h', 1.5 → '1h30m', 0.01 → '36s' (what pretrain.max_time parses)."""
-    h, rest = divmod(max(1, round(hours * 3600)), 3600)
-    m, s = divmod(rest, 60)
-    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v)
+    return format_duration(hours * 3600)
 
 
 def overnight_overrides(winner: Ranked, hours: float, batch_tokens: int, device: str, base_warmup: int) -> dict:

@@ -8,11 +8,11 @@ of rows computes its logits, its loss and, when a gradient is wanted, the gradie
 scales the stored gradients by the incoming one. Same FLOPs as the plain way (one forward and two
 backward matmuls), same result up to rounding — as Liger Kernel's and torchtune's fused losses.
 
-    from ngpt.linear_cross_entropy import linear_cross_entropy
+    from ngpt.kernels.linear_cross_entropy import linear_cross_entropy
     loss = linear_cross_entropy(x, weight, targets)   # x (N, C), weight (V, C), targets (N,), -100 = no loss
 
 Under autocast the matmuls run in the autocast dtype and the softmax in fp32, as the plain way does;
-in fp32 on the CPU they go through oneDNN (ngpt.onednn).
+in fp32 on the CPU they go through oneDNN (ngpt.kernels.onednn).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ngpt.chat_format import IGNORE_INDEX
-from ngpt.onednn import matmul_nt
+from ngpt.settings import IGNORE_INDEX
+from ngpt.kernels.onednn import matmul_nt
 
 # One block's fp32 logits. Measured (N=2048, V=16384, C=384, fwd+bwd, 2-core CPU): 4 MiB 172 ms bf16,
 # 8 MiB 143, 16 MiB 118, 64 MiB 153 (big blocks go back to fresh pages from the OS each time); the

@@ -6,7 +6,7 @@ instruction set alone. Measured on a 2-core AMD EPYC (Zen 5, AVX-512), (2048×38
 two backward products: MKL 230-265 GFLOP/s, oneDNN 430-620 GFLOP/s. Same IEEE fp32 arithmetic (only
 the summation order differs), so results match MKL's to fp32 rounding.
 
-    from ngpt.onednn import Linear, matmul_nt
+    from ngpt.kernels.onednn import Linear, matmul_nt
     layer = Linear(384, 1024, bias=False)    # an nn.Linear: same parameters, state dict and init
     y = matmul_nt(a, b)                      # a @ b.T for 2-D fp32 CPU tensors (no autograd)
 

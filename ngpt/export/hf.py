@@ -40,12 +40,13 @@ from pathlib import Path
 import torch
 
 from ngpt.io_utils import atomic_write_bytes, atomic_write_text, replace_dir, temp_dir_for
-from ngpt.model import llama_fields
 from ngpt.settings import SPECIAL_TOKENS, ModelSettings
 from ngpt.tokenizer import SPACE_MARK, Tokenizer
-from ngpt.train.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from ngpt.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from ngpt.device import DTYPES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# --dtype takes torch's names, as transformers' config.json "dtype" does: float32, bfloat16, float16.
+HF_DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in DTYPES.values()}
 # A unigram score no segmentation ever prefers: pieces sentencepiece never matches in text.
 NEVER_SCORE = -1e9
 # Renders exactly chat_format.render / prompt_ids: <|sys|>…<|eot|><|usr|>…<|eot|><|asst|>…<|eot|> [<|asst|>].
@@ -93,6 +94,30 @@ def hf_state_dict(model_sd: dict[str, torch.Tensor], n_layer: int, dtype: torch.
         raise CheckpointError(f"checkpoint weights do not match an ngpt GPT: unknown {unknown[:5]}, missing {missing[:5]}")
     # clone(): safetensors refuses tensors that share memory (the tied head) or are views.
     return {names[k]: v.detach().to(dtype).contiguous().clone() for k, v in model_sd.items() if k in names}
+
+
+def llama_fields(cfg: ModelSettings) -> dict:
+    """The LlamaConfig fields that make transformers' LlamaForCausalLM exactly this model's shape.
+
+    Shared by config.json and the speed benchmark's comparison model (ngpt.bench.speed).
+    """
+    return {
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.n_embd,
+        "intermediate_size": cfg.ffn_dim,
+        "num_hidden_layers": cfg.n_layer,
+        "num_attention_heads": cfg.n_head,
+        "num_key_value_heads": cfg.n_head,
+        "head_dim": cfg.head_dim,
+        "max_position_embeddings": cfg.seq_len,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "hidden_act": "silu",
+        "tie_word_embeddings": True,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "attention_dropout": 0.0,
+    }
 
 
 def hf_config(cfg: ModelSettings, tok: Tokenizer, dtype: str) -> dict:
@@ -227,15 +252,15 @@ def write_hf_folder(state: dict, out_dir: Path, dtype: str = "float32") -> int:
     except ImportError:
         raise RuntimeError("exporting needs the safetensors package: pip install safetensors") from None
 
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    if dtype not in HF_DTYPES:
+        raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(HF_DTYPES)}")
     proto = state.get("tokenizer_model")
     if not proto:
         raise CheckpointError("the checkpoint does not carry its tokenizer (tokenizer_model); re-save it with this ngpt")
     tok = Tokenizer("checkpoint#tokenizer", proto=proto)
     check_lossless(tok)
     cfg = ModelSettings(**state["model_config"])
-    weights = hf_state_dict(state["model"], cfg.n_layer, DTYPES[dtype])
+    weights = hf_state_dict(state["model"], cfg.n_layer, HF_DTYPES[dtype])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})  # callers write to a fresh temp dir
     atomic_write_text(out_dir / "config.json", _json(hf_config(cfg, tok, dtype)))

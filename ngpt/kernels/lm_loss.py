@@ -1,0 +1,31 @@
+"""The language-model loss: mean cross entropy of the head's logits x @ Wᵀ against the targets.
+
+    from ngpt.kernels.lm_loss import lm_loss
+    loss = lm_loss(x, head_weight, targets)     # x (N, C), weight (V, C), targets (N,); IGNORE_INDEX = no loss
+
+One function, the path chosen by device: on the CPU the fused head + cross entropy in row blocks
+(ngpt.kernels.linear_cross_entropy), which never holds the (N, V) logits; its blocks were tuned
+there, so other devices keep the plain logits + F.cross_entropy until someone measures there.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ngpt.kernels.linear_cross_entropy import linear_cross_entropy
+from ngpt.settings import IGNORE_INDEX
+
+
+def lm_loss(x: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+    if x.device.type == "cpu":
+        return linear_cross_entropy(x, weight, targets)
+    return cross_entropy(F.linear(x, weight), targets)
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross entropy over labelled positions of logits (..., V) and targets (...).
+
+    fp32 for the softmax over V: bf16 log-probs are too coarse for a loss that moves by 1e-3.
+    """
+    return F.cross_entropy(logits.float().flatten(0, -2), targets.reshape(-1), ignore_index=IGNORE_INDEX)
