@@ -13,6 +13,7 @@ when the writer is killed with `kill -9` mid-way; leftovers are garbage (`clean_
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -128,3 +129,20 @@ def file_digest(path: str | Path, h) -> str:
 
 def file_sha256(path: str | Path) -> str:
     return file_digest(path, hashlib.sha256())
+
+
+def read_json_file(path: str | Path, what: str, fix: str, error: type[Exception] = ValueError):
+    """The parsed JSON of a file a person wrote; every failure is `error` naming the file and the fix.
+
+    what: "Config file", "grid file", ...; fix: what to pass instead when the file is missing.
+    Bad JSON names the line and column; bad UTF-8 the byte offset.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist. {fix}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path} is not valid UTF-8 (byte {e.start}); save it as UTF-8.") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{what} {path} is not valid JSON: line {e.lineno}, column {e.colno}: {e.msg}") from None

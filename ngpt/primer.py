@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ngpt.chat_format import validate_messages
-from ngpt.io_utils import atomic_write_text
+from ngpt.io_utils import atomic_write_text, read_json_file
 from ngpt.tokenizer import find_special
 
 FACTS_VERSION = 1
@@ -148,12 +148,7 @@ def load_facts(path: str | Path) -> Facts:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Facts file {path} does not exist. Pass --facts with a JSON facts file (the shipped one is data/public_facts.json).")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise FactsError(f"Facts file {path} is not valid UTF-8 (byte {e.start}); save it as UTF-8.") from None
-    except json.JSONDecodeError as e:
-        raise FactsError(f"Facts file {path} is not valid JSON: line {e.lineno}, column {e.colno}: {e.msg}") from None
+    data = read_json_file(path, "Facts file", "", FactsError)
 
     r = _Reader(path)
     data = r.keys(data, "top level", TOP_KEYS, {"version", "assistant_name", "categories"})

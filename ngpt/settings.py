@@ -26,6 +26,8 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from ngpt.io_utils import read_json_file
+
 PRETRAIN_SOURCES: tuple[str, ...] = ("wikitext", "fineweb_edu", "gutenberg", "roam")
 SFT_SOURCES: tuple[str, ...] = ("dolly15k", "oasst1", "primer")
 ALL_SOURCES: tuple[str, ...] = PRETRAIN_SOURCES + SFT_SOURCES
@@ -103,14 +105,16 @@ class SourcePaths(_Section):
 class HubDatasets(_Section):
     """Hugging Face hub ids used when a source has no local path ("repo" or "repo:config")."""
 
-    wikitext: str = "Salesforce/wikitext:wikitext-103-raw-v1"
-    fineweb_edu: str = "HuggingFaceFW/fineweb-edu:sample-10BT"
-    gutenberg: str = "manu/project_gutenberg"
-    dolly15k: str = "databricks/databricks-dolly-15k"
-    oasst1: str = "OpenAssistant/oasst1"
+    wikitext: str = Field("Salesforce/wikitext:wikitext-103-raw-v1", description="Hub id of wikitext.")
+    fineweb_edu: str = Field("HuggingFaceFW/fineweb-edu:sample-10BT", description="Hub id of fineweb-edu (streamed).")
+    gutenberg: str = Field("manu/project_gutenberg", description="Hub id of Project Gutenberg.")
+    dolly15k: str = Field("databricks/databricks-dolly-15k", description="Hub id of dolly-15k.")
+    oasst1: str = Field("OpenAssistant/oasst1", description="Hub id of oasst1.")
 
 
 class DataSettings(_Section):
+    """Where text comes from, how it is mixed, and where its token caches live."""
+
     cache_dir: str = Field("data/cache", description="Where token caches are written.")
     mix_pretrain: dict[str, float] = Field(
         default_factory=lambda: {"fineweb_edu": 0.9, "wikitext": 0.1},
@@ -126,8 +130,8 @@ class DataSettings(_Section):
     val_sft_source: Literal["sft", "wikitext"] = Field(
         "sft", description="'sft' = the SFT val mixture; 'wikitext' = plain-text val."
     )
-    sources: SourcePaths = Field(default_factory=SourcePaths)
-    hub: HubDatasets = Field(default_factory=HubDatasets)
+    sources: SourcePaths = Field(default_factory=SourcePaths, description="Local copies per source (None = the hub).")
+    hub: HubDatasets = Field(default_factory=HubDatasets, description="Hub ids per source.")
     roam_dir: str = Field("data/.roam-data", description="Directory of markdown notes for 'roam'.")
     fineweb_train_tokens: int = Field(200_000_000, gt=0, description="Tokens taken from the fineweb stream for train.")
     fineweb_val_tokens: int = Field(2_000_000, gt=0, description="Tokens taken from the fineweb stream for val.")
@@ -150,35 +154,37 @@ class DataSettings(_Section):
 
 
 class TokenizerSettings(_Section):
+    """The sentencepiece unigram tokenizer: where it lives and how `ngpt tokenizer train` builds it."""
+
     model_path: str = Field("artifacts/tokenizer/spm.model", description="sentencepiece model file.")
     vocab_size: int = Field(16384, ge=300, description="Vocabulary size to train.")
     sample_bytes: int = Field(20_000_000, gt=0, description="Training text taken per source (bytes).")
-    seed: int = Field(0, description="Seed for the training sample.")
+    seed: int = Field(0, description="Seed for the sample order and sentencepiece.")
 
 
 class TrainSettings(_Section):
     """One phase of training (pretrain or sft); both share the loop."""
 
-    lr: float = Field(6e-4, gt=0)
-    min_lr: float = Field(6e-5, ge=0)
-    warmup_steps: int = Field(200, ge=0)
-    total_steps: int = Field(5000, gt=0)
+    lr: float = Field(6e-4, gt=0, description="Peak learning rate (after warmup).")
+    min_lr: float = Field(6e-5, ge=0, description="Learning rate at the end of the decay.")
+    warmup_steps: int = Field(200, ge=0, description="Optimizer steps of linear warmup from 0 to lr.")
+    total_steps: int = Field(5000, gt=0, description="Optimizer steps for this phase.")
     micro_batch: int = Field(8, gt=0, description="Sequences per forward pass (micro_B).")
     accum_steps: int = Field(4, gt=0, description="Micro-batches per optimizer step.")
-    weight_decay: float = Field(0.1, ge=0)
-    grad_clip: float = Field(1.0, ge=0)
-    eval_every: int = Field(250, gt=0)
-    eval_batches: int = Field(20, gt=0)
-    ckpt_every: int = Field(500, gt=0)
-    keep_last: int = Field(3, ge=1)
-    amp: AmpChoice = "auto"
-    amp_dtype: AmpDtypeChoice = "auto"
-    activation_checkpointing: bool = False
-    compile: bool = False
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay, on matrices only.")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
+    eval_every: int = Field(250, gt=0, description="Measure the val losses every this many steps.")
+    eval_batches: int = Field(20, gt=0, description="Micro-batches per val loss.")
+    ckpt_every: int = Field(500, gt=0, description="Save latest.pt / step_N.pt every this many steps.")
+    keep_last: int = Field(3, ge=1, description="Periodic step_N.pt checkpoints kept.")
+    amp: AmpChoice = Field("auto", description="Autocast: auto (on where it measured faster) | true | false.")
+    amp_dtype: AmpDtypeChoice = Field("auto", description="Autocast dtype: auto (bf16 where supported, else fp16) | bf16 | fp16.")
+    activation_checkpointing: bool = Field(False, description="Recompute each block in backward (less memory, ~30 % more compute).")
+    compile: bool = Field(False, description="torch.compile the model.")
     max_tokens: int | None = Field(None, gt=0, description="Stop after this many training tokens.")
     max_time: str | None = Field(None, description="Stop after this wall time, e.g. '8h', '30m'.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
-    seed: int = 1337
+    seed: int = Field(1337, description="Seed for init, sampling and dropout (rank r adds r).")
 
     @field_validator("max_time")
     @classmethod
@@ -210,12 +216,14 @@ def _sft_defaults() -> TrainSettings:
 
 
 class GenerationSettings(_Section):
-    max_new_tokens: int = Field(256, gt=0)
-    temperature: float = Field(0.8, ge=0, description="0 = greedy.")
-    top_k: int = Field(50, ge=0, description="0 = off.")
-    top_p: float = Field(0.95, gt=0, le=1)
-    repetition_penalty: float = Field(1.0, gt=0)
-    seed: int | None = None
+    """How chat, serve and the demo choose each next token (a checkpoint's own training config may set them)."""
+
+    max_new_tokens: int = Field(256, gt=0, description="Longest reply in tokens (capped by the model's context).")
+    temperature: float = Field(0.8, ge=0, description="Sampling temperature (0 = greedy).")
+    top_k: int = Field(50, ge=0, description="Keep the k most likely tokens (0 = off).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling: keep the most likely tokens up to this probability (1 = off).")
+    repetition_penalty: float = Field(1.0, gt=0, description="CTRL's penalty on tokens already seen (>1 discourages them; 1 = off).")
+    seed: int | None = Field(None, description="Sampling seed (None = a fresh one each reply).")
 
 
 class Settings(BaseSettings):
@@ -225,14 +233,14 @@ class Settings(BaseSettings):
         env_prefix="NGPT_", env_nested_delimiter="__", extra="forbid", validate_assignment=True
     )
 
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    data: DataSettings = Field(default_factory=DataSettings)
-    tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
-    pretrain: TrainSettings = Field(default_factory=TrainSettings)
-    sft: TrainSettings = Field(default_factory=_sft_defaults)
-    generation: GenerationSettings = Field(default_factory=GenerationSettings)
-    checkpoints_dir: str = "checkpoints"
-    runs_dir: str = "runs"
+    model: ModelSettings = Field(default_factory=ModelSettings, description="The transformer's shape and options.")
+    data: DataSettings = Field(default_factory=DataSettings, description="Sources, mixes and token caches.")
+    tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings, description="The sentencepiece tokenizer.")
+    pretrain: TrainSettings = Field(default_factory=TrainSettings, description="The pretraining phase.")
+    sft: TrainSettings = Field(default_factory=_sft_defaults, description="The SFT phase.")
+    generation: GenerationSettings = Field(default_factory=GenerationSettings, description="Sampling for chat and serve.")
+    checkpoints_dir: str = Field("checkpoints", description="Where checkpoints are saved.")
+    runs_dir: str = Field("runs", description="Where runs/<run_id>/ (metrics, report) are written.")
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings):
@@ -276,6 +284,19 @@ def deep_merge(base: dict, override: Mapping, path: tuple[str, ...] = ()) -> dic
     return out
 
 
+def prune_none(d: dict) -> dict:
+    """Drop flags the user did not give (None), recursively, so they do not override the config."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            value = prune_none(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out
+
+
 def _unknown_keys(model: type[BaseModel], data: Mapping, path: str = "") -> list[str]:
     """Every key in `data` that `model` does not define, as dotted paths with the valid choices."""
     problems = []
@@ -297,12 +318,7 @@ def _unknown_keys(model: type[BaseModel], data: Mapping, path: str = "") -> list
 def read_config_file(path: str | Path) -> dict:
     """Read a JSON override file; errors name the file and the line."""
     p = Path(path)
-    if not p.is_file():
-        raise SettingsError(f"Config file {p} does not exist. Pass an existing JSON file to --config (see configs/).")
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SettingsError(f"Config file {p} is not valid JSON: line {e.lineno}, column {e.colno}: {e.msg}") from e
+    data = read_json_file(p, "Config file", "Pass an existing JSON file to --config (see configs/).", SettingsError)
     if not isinstance(data, dict):
         raise SettingsError(f"Config file {p} must hold a JSON object shaped like Settings, got {type(data).__name__}")
     return data

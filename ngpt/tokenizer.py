@@ -16,7 +16,7 @@ import io
 import json
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +24,50 @@ import numpy as np
 import sentencepiece as spm
 
 from ngpt.io_utils import atomic_write_bytes, atomic_write_text
-from ngpt.settings import SPECIAL_TOKENS
+from ngpt.settings import PRETRAIN_SOURCES, SFT_SOURCES, SPECIAL_TOKENS, Settings
 
 # sentencepiece turns spaces into U+2581 and back; a literal U+2581 in the input would come back as
 # a space, so encode() spells it out as its three UTF-8 bytes (byte fallback pieces).
 SPACE_MARK = "\u2581"
 MAX_SENTENCE_BYTES = 16384
+
+
+class UnencodableText(ValueError):
+    """Text that is not valid Unicode: it holds a lone UTF-16 surrogate, so it has no UTF-8 form to tokenize."""
+
+
+def first_surrogate(text: str) -> int | None:
+    """Offset of the first code point in U+D800..U+DFFF, or None when `text` is valid Unicode.
+
+    Such a code point is what makes a Python string unencodable as UTF-8: a JSON "\\ud800" escape
+    without its pair decodes to one, and so does a non-UTF-8 byte read with surrogateescape
+    (terminal input, argv, file names on a non-UTF-8 locale: byte 0xFF becomes U+DCFF).
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
+
+
+def describe_char(text: str, offset: int) -> str:
+    """What the bad character at `offset` is, for a person (ASCII only: the text itself is not printable)."""
+    code = ord(text[offset])
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for an undecodable byte
+        return f"byte 0x{code - 0xDC00:02X}, which is not valid UTF-8, at character {offset}"
+    return f"a lone UTF-16 surrogate U+{code:04X} at character {offset}"
+
+
+def check_encodable(text: str, where: str) -> None:
+    """UnencodableText naming `where` and the bad character when `text` cannot be encoded as UTF-8."""
+    offset = first_surrogate(text)
+    if offset is not None:
+        raise UnencodableText(
+            f"{where} holds {describe_char(text, offset)}; only valid Unicode text can be tokenized "
+            "(a JSON \\uD800-\\uDFFF escape must be half of a high-low pair; other text must be UTF-8)."
+        )
 
 
 class SpecialTokenInText(ValueError):
@@ -88,7 +126,16 @@ class Tokenizer:
         return cls(model_path)
 
     def encode(self, text: str) -> list[int]:
-        """Ids for untrusted text: never a special id, and decode() gives `text` back exactly."""
+        """Ids for untrusted text: never a special id, and decode() gives `text` back exactly.
+
+        UnencodableText when `text` holds a lone surrogate (check_encodable first to name where)."""
+        try:
+            return self._encode(text)
+        except RuntimeError:  # sentencepiece's binding cannot cast a str without a UTF-8 form
+            check_encodable(text, "the text")
+            raise
+
+    def _encode(self, text: str) -> list[int]:
         if SPACE_MARK not in text:
             return self.sp.encode(text)
         ids: list[int] = []
@@ -102,7 +149,12 @@ class Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         plain = [t for t in texts if SPACE_MARK not in t]
         if len(plain) == len(texts):
-            return self.sp.encode(texts)
+            try:
+                return self.sp.encode(texts)
+            except (RuntimeError, TypeError):  # the binding's batch path reports a cast failure as TypeError
+                for k, t in enumerate(texts):
+                    check_encodable(t, f"text {k}")
+                raise
         return [self.encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -165,6 +217,7 @@ def take_sample(source: str, texts: Iterable[tuple[str, str]], max_bytes: int, o
     taken: list[str] = []
     used = 0
     for ref, text in texts:
+        check_encodable(text, f"Source '{source}', document {ref}")
         check_training_text(text, source, ref)
         data = text.encode("utf-8")
         if used + len(data) > max_bytes:
@@ -175,6 +228,31 @@ def take_sample(source: str, texts: Iterable[tuple[str, str]], max_bytes: int, o
         taken.append(text)
         used += len(data)
     return SourceSample(source, taken, origin)
+
+
+def configured_sources(settings: Settings) -> list[str]:
+    """Sources the mixes use, in canonical order (pretrain first): what the tokenizer must cover."""
+    used = set(settings.data.mix_pretrain) | set(settings.data.mix_sft)
+    return [name for name in PRETRAIN_SOURCES + SFT_SOURCES if name in used]
+
+
+def sample_sources(
+    settings: Settings, max_bytes: int, split: str = "train", on_source: Callable[[str, str], None] | None = None
+) -> list[SourceSample]:
+    """The tokenizer's sample: the first `max_bytes` of `split` of every source the mixes use.
+
+    Every source is checked before any is read (one error naming each that cannot be). on_source(name,
+    origin) is called as each is read, e.g. for a status line.
+    """
+    from ngpt.sources import iter_texts  # imports `datasets` (slow): only when sampling
+    from ngpt.sources.preflight import open_checked
+
+    samples = []
+    for source in open_checked(configured_sources(settings), settings):
+        if on_source is not None:
+            on_source(source.name, source.origin)
+        samples.append(take_sample(source.name, iter_texts(source, split), max_bytes, source.origin))
+    return samples
 
 
 def train_tokenizer(

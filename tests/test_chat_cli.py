@@ -27,7 +27,7 @@ from typer.testing import CliRunner
 from ngpt.chat_format import labels_from_mask, render
 from ngpt.settings import IGNORE_INDEX
 from ngpt.cli.chat import ChatSession
-from ngpt.cli.train import _raw_overrides
+from ngpt.train.pipeline import raw_overrides as _raw_overrides
 from ngpt.cli.main import app, main
 from ngpt.engine import Engine
 from ngpt.sampling import SamplingParams

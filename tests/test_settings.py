@@ -124,3 +124,22 @@ def test_shipped_configs_load():
     configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.json"))
     for cfg in configs:
         load_settings(cfg, environ={})
+
+
+def test_every_settings_field_is_documented_once_in_settings():
+    """Each field carries its description (CLI help is taken from it), so a fact is written in one place."""
+    from pydantic import BaseModel
+
+    from ngpt.settings import Settings
+
+    def undocumented(model: type[BaseModel], prefix: str = "") -> list[str]:
+        missing = []
+        for name, field in model.model_fields.items():
+            if not field.description:
+                missing.append(prefix + name)
+            sub = field.annotation
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                missing += undocumented(sub, f"{prefix}{name}.")
+        return missing
+
+    assert undocumented(Settings) == []

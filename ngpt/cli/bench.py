@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.table import Table
 
-from ngpt.cli.common import ConfigOpt, PrintConfigOpt, ThreadsOpt, WeightFormatEnum, resolve_settings
+from ngpt.cli.common import CkptOpt, ConfigOpt, PrintConfigOpt, ThreadsOpt, WeightFormatEnum, resolve_settings, setting_help
 from ngpt.cli.sweep import sweep as sweep_cmd
 from ngpt.console import console, error_panel, kv_table, table
 from ngpt.settings import AmpChoice, AmpDtypeChoice, SpeedCompare, WeightFormat
@@ -43,17 +43,17 @@ def speed(
         Optional[SpeedCompare], typer.Option(help="Also time this implementation of the same model, in the same run.")
     ] = None,
     config: ConfigOpt = None,
-    vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary size V (default model.vocab_size).")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(help="Context length T (default model.seq_len).")] = None,
-    n_embd: Annotated[Optional[int], typer.Option(help="Width C (default model.n_embd).")] = None,
-    n_layer: Annotated[Optional[int], typer.Option(help="Blocks L (default model.n_layer).")] = None,
-    n_head: Annotated[Optional[int], typer.Option(help="Heads H (default model.n_head).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda | cuda:N | mps (default pretrain.device).")] = None,
+    vocab_size: Annotated[Optional[int], typer.Option(help=setting_help("model.vocab_size"))] = None,
+    seq_len: Annotated[Optional[int], typer.Option(help=setting_help("model.seq_len"))] = None,
+    n_embd: Annotated[Optional[int], typer.Option(help=setting_help("model.n_embd"))] = None,
+    n_layer: Annotated[Optional[int], typer.Option(help=setting_help("model.n_layer"))] = None,
+    n_head: Annotated[Optional[int], typer.Option(help=setting_help("model.n_head"))] = None,
+    device: Annotated[Optional[str], typer.Option(help=setting_help("pretrain.device"))] = None,
     threads: ThreadsOpt = None,
     micro_b: Annotated[Optional[int], typer.Option(min=1, help="--train: sequences per step (micro_B) [default 4].")] = None,
-    amp: Annotated[Optional[AmpChoice], typer.Option(help="--train: autocast auto | true | false (default pretrain.amp).")] = None,
+    amp: Annotated[Optional[AmpChoice], typer.Option(help="--train: " + setting_help("pretrain.amp"))] = None,
     amp_dtype: Annotated[
-        Optional[AmpDtypeChoice], typer.Option(help="--train: autocast dtype auto | bf16 | fp16 (default pretrain.amp_dtype).")
+        Optional[AmpDtypeChoice], typer.Option(help="--train: " + setting_help("pretrain.amp_dtype"))
     ] = None,
     warmup_steps: Annotated[
         Optional[int], typer.Option(min=0, help="--train: untimed steps first (allocator, kernels, compile) [default 2].")
@@ -61,10 +61,10 @@ def speed(
     steps: Annotated[Optional[int], typer.Option(min=1, help="--train: timed steps; the median gives tokens/s [default 5].")] = None,
     activation_checkpointing: Annotated[
         Optional[bool],
-        typer.Option("--activation-checkpointing/--no-activation-checkpointing", help="--train: recompute blocks in backward."),
+        typer.Option("--activation-checkpointing/--no-activation-checkpointing", help="--train: " + setting_help("pretrain.activation_checkpointing")),
     ] = None,
     compile: Annotated[
-        Optional[bool], typer.Option("--compile/--no-compile", help="--train: torch.compile the model(s) (both, when comparing).")
+        Optional[bool], typer.Option("--compile/--no-compile", help="--train: " + setting_help("pretrain.compile") + "; both models when comparing")
     ] = None,
     precision: Annotated[
         Optional[WeightFormat],
@@ -215,7 +215,7 @@ def decode_result_table(report: DecodeSpeedReport) -> Table:
 
 @app.command()
 def quality(
-    ckpt: Annotated[str, typer.Option("--ckpt", help="Checkpoint file or folder (as for ngpt chat).")],
+    ckpt: CkptOpt,
     precision: Annotated[
         Optional[list[WeightFormatEnum]], typer.Option(help="Precision(s) to compare with fp32 (repeat the flag) [default bf16, int8].")
     ] = None,

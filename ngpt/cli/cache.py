@@ -7,31 +7,28 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import typer
 from rich.markup import escape
 
-from ngpt.cli.common import ConfigOpt, PrintConfigOpt, SourceOpt, resolve_settings
-from ngpt.console import console, progress, table
+from ngpt.cli.common import ConfigOpt, PrintConfigOpt, SourceOpt, resolve_settings, setting_help
+from ngpt.console import console, table
 from ngpt.settings import ALL_SOURCES, Settings
-from ngpt.sources.base import SPLITS
-from ngpt.tokcache.build import build_source, resolved_workers
-from ngpt.tokcache.layout import Phase, phase_of
-from ngpt.tokcache.plan import build_all_caches, plan_rows, preflight
+from ngpt.tokcache.layout import phase_of
+from ngpt.tokcache.plan import build_caches, caches_to_build
 from ngpt.tokcache.validate import CacheRow, validate
 from ngpt.tokenizer import Tokenizer
 
 app = typer.Typer(no_args_is_help=True)
 
-RoamDirOpt = Annotated[Optional[str], typer.Option("--roam-dir", help="Markdown notes directory for 'roam'.")]
-FwTrainOpt = Annotated[Optional[int], typer.Option("--fineweb-train-tokens", help="Train tokens taken from the fineweb-edu stream.")]
-FwValOpt = Annotated[Optional[int], typer.Option("--fineweb-val-tokens", help="Val tokens taken from the start of the fineweb-edu stream.")]
-ShardBytesOpt = Annotated[Optional[int], typer.Option("--shard-bytes", help="Shard file size in bytes.")]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="Tokenizer processes (0 = all cores, 1 = in-process).")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for splits and caches (data.seed).")]
+RoamDirOpt = Annotated[Optional[str], typer.Option("--roam-dir", help=setting_help("data.roam_dir"))]
+FwTrainOpt = Annotated[Optional[int], typer.Option("--fineweb-train-tokens", help=setting_help("data.fineweb_train_tokens"))]
+FwValOpt = Annotated[Optional[int], typer.Option("--fineweb-val-tokens", help=setting_help("data.fineweb_val_tokens"))]
+ShardBytesOpt = Annotated[Optional[int], typer.Option("--shard-bytes", help=setting_help("data.shard_bytes"))]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help=setting_help("data.workers"))]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help=setting_help("data.seed"))]
 
 
 def _settings(
@@ -54,33 +51,6 @@ def _settings(
         "seed": seed,
     }
     return resolve_settings(config, sources, {"data": data}, print_config)
-
-
-def _build(settings: Settings, caches: list[tuple[Phase, str]]) -> Tokenizer:
-    """Preflight everything, print the plan, build each source with a progress bar."""
-    tok, sources = preflight(settings, [name for _, name in caches])
-    console.print(
-        table(
-            f"Cache build plan (tokenizer {tok.path}, vocab {tok.vocab_size:,}, {resolved_workers(settings)} workers)",
-            ("source", "phase", "from", "token budget", "shard size", "out dir"),
-            [tuple(escape(cell) for cell in row) for row in plan_rows(settings, sources)],
-        )
-    )
-    with progress() as bars:
-        for source in sources:
-            budgets = source.token_budgets()
-            known = all(budgets.get(s) is not None for s in SPLITS)
-            task = bars.add_task(source.name, total=sum(budgets[s] for s in SPLITS) if known else None, stats="")
-            t0 = time.monotonic()
-
-            def report(items: int, tokens: int, task=task, t0=t0) -> None:
-                dt = max(time.monotonic() - t0, 1e-9)
-                bars.update(task, completed=tokens, stats=f"{items / dt:,.0f} docs/s  {tokens / dt:,.0f} tok/s")
-
-            meta = build_source(settings, source, tok, report)
-            total = sum(meta["splits"][s]["num_tokens"] for s in SPLITS)
-            bars.update(task, total=total, completed=total)
-    return tok
 
 
 def _print_rows(rows: list[CacheRow], title: str) -> None:
@@ -110,7 +80,7 @@ def build(
     """Build the token cache of one source (replacing an older one only when the new one is complete)."""
     settings = _settings(config, sources, print_config, roam_dir, fineweb_train_tokens, fineweb_val_tokens, shard_bytes, workers, seed)
     caches = [(phase_of(source), source)]
-    tok = _build(settings, caches)
+    tok = build_caches(settings, caches)
     _print_rows(validate(settings, tok, caches=caches), "Cache")
 
 
@@ -128,8 +98,8 @@ def build_all(
 ) -> None:
     """Build every cache the mixes need (mix_pretrain, val_pretrain_source, mix_sft; roam if present), then validate."""
     settings = _settings(config, sources, print_config, roam_dir, fineweb_train_tokens, fineweb_val_tokens, shard_bytes, workers, seed)
-    caches = build_all_caches(settings)
-    tok = _build(settings, caches)
+    caches = caches_to_build(settings)
+    tok = build_caches(settings, caches)
     _print_rows(validate(settings, tok, caches=caches), "Caches")
 
 

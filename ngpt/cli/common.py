@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from pydantic import BaseModel
 
 from ngpt.console import console
-from ngpt.settings import WEIGHT_FORMATS, Settings, WeightFormat, deep_merge, load_settings, parse_source_flags, settings_json
+from ngpt.settings import WEIGHT_FORMATS, Settings, WeightFormat, deep_merge, load_settings, parse_source_flags, prune_none, settings_json
 
 ConfigOpt = Annotated[
     Optional[Path], typer.Option("--config", "-c", help="JSON override file shaped like Settings (see configs/).")
@@ -21,7 +22,22 @@ SourceOpt = Annotated[
     Optional[list[str]],
     typer.Option("--source", help="NAME=PATH: read source NAME from a local file/dir in the hub's schema. Repeatable."),
 ]
+CHECKPOINT_HELP = "Checkpoint file, or a folder holding best.pt / latest.pt."
+CkptOpt = Annotated[Path, typer.Option("--ckpt", help=CHECKPOINT_HELP)]
 PrintConfigOpt = Annotated[bool, typer.Option("--print-config", help="Print the resolved settings as JSON and exit.")]
+
+
+def setting_help(dotted: str, label: str | None = None) -> str:
+    """The description of the settings field at `dotted` (e.g. "pretrain.max_time"), as a flag's --help.
+
+    Flags that set a settings field take their help from here, so the fact is written once (settings.py);
+    `label` names the field in the help when it is not `dotted` (a flag shared by both phases).
+    """
+    model: type[BaseModel] = Settings
+    *sections, name = dotted.split(".")
+    for section in sections:
+        model = model.model_fields[section].annotation
+    return f"{model.model_fields[name].description} (setting {label or dotted})"
 
 
 # Typer takes a list of choices only as an Enum; the values come from the one table in settings.
@@ -46,16 +62,3 @@ def resolve_settings(
         console.print_json(settings_json(settings))
         raise typer.Exit(0)
     return settings
-
-
-def prune_none(d: dict) -> dict:
-    """Drop flags the user did not give (None), recursively, so they do not override the config."""
-    out = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            value = prune_none(value)
-            if value:
-                out[key] = value
-        elif value is not None:
-            out[key] = value
-    return out

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from ngpt.cli.common import CkptOpt
 from ngpt.console import console, human_bytes, kv_table, table
 
 app = typer.Typer(no_args_is_help=True)
@@ -18,7 +19,7 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command()
 def hf(
-    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint file, or a folder holding best.pt / latest.pt.")],
+    ckpt: CkptOpt,
     out: Annotated[Path, typer.Option("--out", help="Folder to write (must be new or empty unless --force).")],
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out folder.")] = False,
     dtype: Annotated[str, typer.Option(help="Weight dtype in model.safetensors: float32, bfloat16 or float16.")] = "float32",

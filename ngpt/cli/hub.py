@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ngpt.cli.common import CHECKPOINT_HELP
 from ngpt.console import console, human_bytes, kv_table, table
 
 app = typer.Typer(no_args_is_help=True)
@@ -26,7 +27,7 @@ def _show(title: str, plan) -> None:
 
 @app.command()
 def upload(
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Checkpoint file, or a folder holding best.pt / latest.pt.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help=CHECKPOINT_HELP)],
     repo_id: RepoIdOpt,
     private: Annotated[bool, typer.Option("--private", help="Create the repo private (an existing repo keeps its visibility).")] = False,
     revision: RevisionOpt = None,

@@ -36,13 +36,14 @@ def serve(
     max_concurrent: Annotated[int, typer.Option("--max-concurrent", min=1, help="Requests generating at once (each advances a token in turn).")] = 8,
     max_queue: Annotated[int, typer.Option("--max-queue", min=0, help="Requests waiting behind them; more get HTTP 503.")] = 64,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1, help="Larger request bodies get HTTP 413.")] = 1_000_000,
+    read_timeout: Annotated[float, typer.Option("--read-timeout", min=0.1, help="Seconds a client has to send a request's headers, and again its body; slower gets HTTP 408.")] = 30.0,
 ) -> None:
     """Serve a checkpoint: POST /v1/chat/completions (OpenAI-compatible, streaming), GET /v1/models, /health, and a chat page at /."""
     try:  # heavy imports only once serving really starts: `ngpt --help` stays fast
         import uvicorn
 
         from ngpt.inference import checkpoint_generation, load_engine
-        from ngpt.serve.app import ServeOptions, create_app
+        from ngpt.serve import ServeOptions, create_app, server_config
     except ImportError as e:
         raise RuntimeError(f"`ngpt serve` needs the serve extra ({e.name} is not installed): pip install -e \".[serve]\"") from None
     import torch
@@ -61,7 +62,7 @@ def serve(
     cfg = engine.model.cfg
     options = ServeOptions(
         model_id=model_name or f"ngpt-{state.get('phase', 'model')}-step{state.get('step', 0)}",
-        api_key=api_key, max_tokens_cap=max_tokens_cap, max_body_bytes=max_body_bytes,
+        api_key=api_key, max_tokens_cap=max_tokens_cap, max_body_bytes=max_body_bytes, read_timeout=read_timeout,
         max_active=max_concurrent, max_waiting=max_queue, generation=generation, created=int(path.stat().st_mtime),
     )
     url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
@@ -76,10 +77,18 @@ def serve(
         "defaults": f"temperature {generation.temperature} · top_k {generation.top_k} · top_p {generation.top_p} · "
                     f"max_tokens {min(generation.max_new_tokens, max_tokens_cap or cfg.seq_len)} (cap {max_tokens_cap or cfg.seq_len})",
         "concurrency": f"{max_concurrent} generating · {max_queue} waiting",
+        "limits": f"body {max_body_bytes:,} bytes · {read_timeout:g} s for headers, {read_timeout:g} s for the body",
         "API key": "required (Authorization: Bearer …)" if api_key else "none",
         "web page": f"{url}/",
         "API": f"{url}/v1",
     }))
     if host not in LOOPBACK and not api_key:
         console.print(f"[yellow]Listening on {host} without --api-key: anyone who can reach this port can use the model.")
-    uvicorn.run(create_app(engine, options), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(server_config(create_app(engine, options), host=host, port=port, log_level="info",
+                                          timeout_graceful_shutdown=5))
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on, once it is done (as uvicorn.run does)
+        pass
+    if not server.started:  # uvicorn logged why (e.g. the port is taken)
+        raise RuntimeError(f"`ngpt serve` could not start on {url} (uvicorn's error is above); pick another --port or --host.")

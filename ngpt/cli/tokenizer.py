@@ -11,38 +11,28 @@ from typing import Annotated, Optional
 
 import typer
 
-from ngpt.cli.common import ConfigOpt, PrintConfigOpt, SourceOpt, resolve_settings
+from ngpt.cli.common import ConfigOpt, PrintConfigOpt, SourceOpt, resolve_settings, setting_help
 from ngpt.console import console, human_bytes, kv_table, table
-from ngpt.settings import PRETRAIN_SOURCES, SFT_SOURCES, Settings
-from ngpt.tokenizer import SourceSample, Tokenizer, report_rows, take_sample, train_tokenizer
+from ngpt.settings import Settings
+from ngpt.tokenizer import SourceSample, Tokenizer, configured_sources, report_rows, sample_sources, train_tokenizer
 
 app = typer.Typer(no_args_is_help=True)
 
 
-def configured_sources(settings: Settings) -> list[str]:
-    """Sources the mixes use, in canonical order (pretrain first): what the tokenizer must cover."""
-    used = set(settings.data.mix_pretrain) | set(settings.data.mix_sft)
-    return [name for name in PRETRAIN_SOURCES + SFT_SOURCES if name in used]
-
-
-def collect_samples(settings: Settings, max_bytes: int, split: str = "train") -> list[SourceSample]:
-    from ngpt.sources import iter_texts  # imports `datasets` (slow): only when a command needs it
-    from ngpt.sources.preflight import open_checked
-
-    samples = []
-    for source in open_checked(configured_sources(settings), settings):
-        with console.status(f"sampling {source.name} ({source.origin})"):
-            samples.append(take_sample(source.name, iter_texts(source, split), max_bytes, source.origin))
-    return samples
+def _samples(settings: Settings, max_bytes: int, split: str = "train") -> list[SourceSample]:
+    status = console.status("sampling")
+    with status:
+        return sample_sources(settings, max_bytes, split,
+                              on_source=lambda name, origin: status.update(f"sampling {name} ({origin})"))
 
 
 @app.command()
 def train(
     config: ConfigOpt = None,
     source: SourceOpt = None,
-    vocab_size: Annotated[Optional[int], typer.Option(help="Vocabulary size (default tokenizer.vocab_size).")] = None,
-    sample_bytes: Annotated[Optional[int], typer.Option(help="Training text taken per source, in bytes.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for the sample order and sentencepiece.")] = None,
+    vocab_size: Annotated[Optional[int], typer.Option(help=setting_help("tokenizer.vocab_size"))] = None,
+    sample_bytes: Annotated[Optional[int], typer.Option(help=setting_help("tokenizer.sample_bytes"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=setting_help("tokenizer.seed"))] = None,
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default: tokenizer.model_path's folder).")] = None,
     print_config: PrintConfigOpt = False,
 ) -> None:
@@ -57,7 +47,7 @@ def train(
         "sources": ", ".join(names), "sample per source": human_bytes(s.tokenizer.sample_bytes),
         "vocab size": s.tokenizer.vocab_size, "seed": s.tokenizer.seed, "out": out_dir,
     }))
-    samples = collect_samples(s, s.tokenizer.sample_bytes)
+    samples = _samples(s, s.tokenizer.sample_bytes)
     console.print(table("training sample", ("source", "from", "documents", "bytes"),
                         [(x.source, x.origin, len(x.texts), human_bytes(x.num_bytes)) for x in samples]))
     with console.status("training sentencepiece (unigram)"):
@@ -83,7 +73,7 @@ def report(
     tok = Tokenizer.load(s.tokenizer.model_path)
     console.print(kv_table("tokenizer", {"model": tok.path, "sha256": tok.sha256, "vocab size": tok.vocab_size,
                                          "split measured": split, "sample per source": human_bytes(sample_bytes)}))
-    rows = report_rows(tok, collect_samples(s, sample_bytes, split))
+    rows = report_rows(tok, _samples(s, sample_bytes, split))
     console.print(table("tokenizer report", ("source", "bytes", "tokens", "bytes/token", "byte fallback"), [
         (r["source"], r["bytes"], r["tokens"], f'{r["bytes_per_token"]:.2f}', f'{100 * r["byte_fallback_share"]:.2f}%')
         for r in rows

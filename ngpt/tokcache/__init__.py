@@ -9,7 +9,7 @@ source, atomically), plan (preflight + plan table), reader (memmap readers), val
 
 from ngpt.tokcache.build import build_source
 from ngpt.tokcache.layout import FORMAT_VERSION, dtype_for_vocab, needed_caches, read_meta, source_dir
-from ngpt.tokcache.plan import PreflightError, build_all_caches, preflight
+from ngpt.tokcache.plan import PreflightError, build_caches, caches_to_build, preflight
 from ngpt.tokcache.reader import PretrainReader, SFTReader
 from ngpt.tokcache.validate import CacheRow, validate
 from ngpt.tokcache.writer import SplitWriter
@@ -21,7 +21,8 @@ __all__ = [
     "PretrainReader",
     "SFTReader",
     "SplitWriter",
-    "build_all_caches",
+    "build_caches",
+    "caches_to_build",
     "build_source",
     "dtype_for_vocab",
     "needed_caches",

@@ -1,8 +1,8 @@
-"""What `ngpt cache build` / `build-all` will do, checked before anything is written.
+"""Building the caches a run asks for: which ones, checked before anything is written, then built.
 
-    caches = build_all_caches(settings)                  # [("pretrain", "wikitext"), ("sft", "oasst1"), ...]
-    tok, sources = preflight(settings, [n for _, n in caches])   # one error listing every problem
-    rows = plan_rows(settings, sources)                  # for the Rich plan table
+    caches = caches_to_build(settings)                   # [("pretrain", "wikitext"), ("sft", "oasst1"), ...]
+    tok = build_caches(settings, caches)                 # preflight, print the plan, build each (progress bars)
+    tok, sources = preflight(settings, [n for _, n in caches])   # just the checks: one error listing every problem
 
 The preflight loads the tokenizer and runs every source's cheap `check()`, so with no network and
 no local paths the command fails in seconds, naming each source and how to give a local copy.
@@ -10,11 +10,16 @@ no local paths the command fails in seconds, naming each source and how to give 
 
 from __future__ import annotations
 
-from ngpt.console import human_bytes
+import time
+
+from rich.markup import escape
+
+from ngpt.console import console, human_bytes, progress, table
 from ngpt.settings import ALL_SOURCES, Settings
 from ngpt.sources.base import SPLITS, Source
 from ngpt.sources.preflight import SourcesNotReady, open_checked
 from ngpt.tokcache.layout import PHASES, Phase, dtype_for_vocab, needed_caches, roam_path, source_dir
+from ngpt.tokcache.build import build_source, resolved_workers
 from ngpt.tokenizer import Tokenizer
 
 
@@ -22,7 +27,7 @@ class PreflightError(RuntimeError):
     """Some sources (or the tokenizer) cannot be read; nothing has been written."""
 
 
-def build_all_caches(settings: Settings) -> list[tuple[Phase, str]]:
+def caches_to_build(settings: Settings) -> list[tuple[Phase, str]]:
     """Every cache the mixes need, plus roam when its notes directory exists, in a stable order."""
     caches = set(needed_caches(settings, "all"))
     if roam_path(settings).is_dir():
@@ -72,3 +77,29 @@ def plan_rows(settings: Settings, sources: list[Source]) -> list[tuple[str, ...]
         )
     return rows
 
+
+def build_caches(settings: Settings, caches: list[tuple[Phase, str]]) -> Tokenizer:
+    """Preflight every cache's source, print the plan, build each with a progress bar; the tokenizer used."""
+    tok, sources = preflight(settings, [name for _, name in caches])
+    console.print(
+        table(
+            f"Cache build plan (tokenizer {tok.path}, vocab {tok.vocab_size:,}, {resolved_workers(settings)} workers)",
+            ("source", "phase", "from", "token budget", "shard size", "out dir"),
+            [tuple(escape(cell) for cell in row) for row in plan_rows(settings, sources)],
+        )
+    )
+    with progress() as bars:
+        for source in sources:
+            budgets = source.token_budgets()
+            known = all(budgets.get(s) is not None for s in SPLITS)
+            task = bars.add_task(source.name, total=sum(budgets[s] for s in SPLITS) if known else None, stats="")
+            t0 = time.monotonic()
+
+            def report(items: int, tokens: int, task=task, t0=t0) -> None:
+                dt = max(time.monotonic() - t0, 1e-9)
+                bars.update(task, completed=tokens, stats=f"{items / dt:,.0f} docs/s  {tokens / dt:,.0f} tok/s")
+
+            meta = build_source(settings, source, tok, report)
+            total = sum(meta["splits"][s]["num_tokens"] for s in SPLITS)
+            bars.update(task, total=total, completed=total)
+    return tok

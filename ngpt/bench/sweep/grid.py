@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
+from ngpt.io_utils import read_json_file
 from ngpt.settings import AMP_CHOICES, AMP_DTYPE_CHOICES, ModelSettings
 
 if TYPE_CHECKING:
@@ -108,13 +109,7 @@ def parse_grid(data: object, origin: str, vocab_size: int) -> list[GridEntry]:
 
 
 def load_grid(path: Path, vocab_size: int) -> list[GridEntry]:
-    # Not settings.read_config_file: that one wants a JSON object and points at --config.
-    if not path.is_file():
-        raise SweepError(f"grid file {path} does not exist; pass a JSON list of configs to --grid")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise SweepError(f"grid file {path} is not valid JSON: line {e.lineno}, column {e.colno}: {e.msg}") from None
+    data = read_json_file(path, "grid file", "Pass a JSON list of configs to --grid.", SweepError)
     return parse_grid(data, f"grid file {path}", vocab_size)
 
 
