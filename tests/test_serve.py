@@ -38,6 +38,7 @@ from ngpt.sampling import SamplingParams  # noqa: E402
 from ngpt.model import GPT  # noqa: E402
 from ngpt.inference import load_engine  # noqa: E402
 from ngpt.serve.app import ServeOptions, StopMatcher, create_app, request_prompt  # noqa: E402
+from ngpt.serve.protocol import server_config  # noqa: E402
 from ngpt.serve.schemas import parse_chat_request  # noqa: E402
 from ngpt.settings import GenerationSettings, ModelSettings  # noqa: E402
 from ngpt.checkpoint import CHECKPOINT_VERSION, save_checkpoint  # noqa: E402
@@ -78,11 +79,12 @@ def wait_until(predicate, what: str, timeout: float = 15.0) -> None:
 
 @contextmanager
 def live_server(app):
-    """Serve `app` with uvicorn on 127.0.0.1 in a thread; yields the base URL; stops it on exit."""
+    """Serve `app` with uvicorn on 127.0.0.1 in a thread, configured as `ngpt serve` runs it (server_config);
+    yields the base URL; stops it on exit."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
+    server = uvicorn.Server(server_config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:
@@ -627,18 +629,25 @@ def test_full_queue_gets_503_then_everyone_is_served(gated):
     second.close()
 
 
-def test_a_fault_mid_generation_fails_only_that_request(gated):
+def test_a_fault_mid_generation_fails_only_that_request(gated, caplog):
     url, worker, gate = gated
     gate.set_open(True)
     gate.fail_next = True
     body = {"messages": user("boom"), "max_tokens": 5}
-    r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    with caplog.at_level("ERROR", logger="ngpt.serve"):
+        r = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
     assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
-    assert "injected fault" in r.json()["error"]["message"]
+    # The client hears that the server failed, not the exception's text; the log has the traceback.
+    error = r.json()["error"]
+    assert error["code"] == "server_fault" and "injected fault" not in error["message"] and "RuntimeError" not in error["message"]
+    ref = error["message"].split("under fault ")[1].split(")")[0]
+    logged = [rec for rec in caplog.records if ref in rec.getMessage()]
+    assert logged and logged[0].exc_info and "injected fault" in str(logged[0].exc_info[1])
     gate.fail_next = True
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=body | {"stream": True}, timeout=30) as s:
         events = sse_events(s)
-    assert "injected fault" in events[-1]["error"]["message"] and "[DONE]" not in events
+    assert events[-1]["error"]["code"] == "server_fault" and "[DONE]" not in events
+    assert "injected fault" not in events[-1]["error"]["message"]
     assert_healthy_and_serving(url)
 
 

@@ -9,10 +9,15 @@ page, static files from ngpt/serve/static). With an API key every /v1 route need
 `Authorization: Bearer KEY`; /health and the page stay open (the page asks for the key).
 
 Every error is OpenAI's {"error": {message, type, param, code}}: 400 for a bad request (schemas.py
-says which fields exist), 401 without the key, 404/405 for unknown routes, 413 for a body over
-max_body_bytes, 503 when the wait queue is full or the worker is down, 500 for a fault. One worker
-thread generates for everyone (worker.py). A client that disconnects, from a stream or while
-waiting for a whole reply, cancels its generation before the next token.
+says which fields exist; protocol.py answers malformed HTTP alike), 401 without the key, 404/405 for
+unknown routes, 408 for a body slower than read_timeout, 413 for a body over max_body_bytes, 503
+when the wait queue is full or the worker is down, 500 for a fault of the server's own (its message
+says only that: the traceback goes to the log). One worker thread generates for everyone
+(worker.py). Everything whose cost grows with the request (parsing, validation, tokenizing the
+prompt, the stop strings' tables) runs in a worker thread, not on the event loop, and is linear in
+the body; so /health and the other clients' streams keep moving while a hostile request is read.
+A client that disconnects, from a stream or while waiting for a whole reply, cancels its
+generation before the next token.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +35,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import anyio
+import anyio.to_thread
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -55,9 +62,14 @@ from ngpt.serve.schemas import (
 )
 from ngpt.serve.worker import GenerationWorker, Job, ServerBusy, WorkerStopped
 from ngpt.settings import GenerationSettings
-from ngpt.tokenizer import SPACE_MARK, Tokenizer
+from ngpt.tokenizer import SPACE_MARK, Tokenizer, UnencodableText
 
+log = logging.getLogger("ngpt.serve")
 TRACE_TOP = 5  # alternatives per token the inspector shows
+# A temperature below this samples as greedy, and a top_p below it keeps just the top token (as in vLLM):
+# dividing logits by a subnormal temperature overflows to inf, and a top_p that rounds to 0 in fp32
+# drops every token, and either leaves no probabilities to draw from.
+SAMPLING_EPS = 1e-5
 # The page may only load what this server serves: no CDN, no inline script.
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:", "X-Content-Type-Options": "nosniff"}
 
@@ -68,6 +80,7 @@ class ServeOptions:
     api_key: str | None = None  # None = no authentication
     max_tokens_cap: int | None = None  # the largest max_tokens a request may ask for; None = the model's context
     max_body_bytes: int = 1_000_000
+    read_timeout: float = 30.0  # seconds a client has for its request's headers, and again for its body
     max_active: int = 8  # requests generating at once (round robin, one token each in turn)
     max_waiting: int = 64  # requests queued behind them; more get 503
     generation: GenerationSettings = field(default_factory=GenerationSettings)  # sampling a request leaves out
@@ -96,21 +109,58 @@ class TokenTable:
         return f"<unused {token_id}>", []  # model vocab padded past the tokenizer's: never sampled
 
 
+def prefix_function(s: str) -> list[int]:
+    """KMP's table: fail[i] = length of the longest proper prefix of s[:i + 1] that is also its suffix."""
+    fail = [0] * len(s)
+    k = 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = fail[k - 1]
+        if s[i] == s[k]:
+            k += 1
+        fail[i] = k
+    return fail
+
+
 class StopMatcher:
-    """Cuts the reply at the first stop string, holding back text that may be the start of one."""
+    """Cuts the reply at the first stop string, holding back text that may be the start of one.
+
+    Each stop string runs a KMP automaton over the reply: its state is the length of the longest
+    prefix of that stop the text so far ends with, so the text held back is the largest state, and
+    a hit is a state reaching the stop's length. A piece of text costs O(len(text) × stops) steps
+    whatever the stops' length (the table is O(length), built once per request). When one piece
+    completes several stops, the reply is cut at the one that starts first.
+    """
 
     def __init__(self, stops: list[str]) -> None:
         self.stops = stops
-        self.pending = ""
+        self.fail = [prefix_function(s) for s in stops]
+        self.state = [0] * len(stops)
+        self.pending = ""  # the text held back: the last max(state) characters
 
     def push(self, text: str) -> tuple[str, bool]:
         """(text safe to send now, whether a stop string was hit)."""
+        if not self.stops:
+            return text, False
+        base = len(self.pending)  # offset of `text` in pending + text
         self.pending += text
-        hits = [i for s in self.stops if (i := self.pending.find(s)) >= 0]
-        if hits:
-            out, self.pending = self.pending[: min(hits)], ""
+        cut = None
+        for j, (stop, fail) in enumerate(zip(self.stops, self.fail)):
+            k = self.state[j]
+            for i, ch in enumerate(text):
+                while k and stop[k] != ch:
+                    k = fail[k - 1]
+                if stop[k] == ch:
+                    k += 1
+                if k == len(stop):  # this stop's first hit; a later one would start later
+                    start = base + i + 1 - k
+                    cut = start if cut is None else min(cut, start)
+                    break
+            self.state[j] = k
+        if cut is not None:
+            out, self.pending = self.pending[:cut], ""
             return out, True
-        hold = max((k for s in self.stops for k in range(1, len(s)) if self.pending.endswith(s[:k])), default=0)
+        hold = max(self.state)
         out = self.pending[: len(self.pending) - hold]
         self.pending = self.pending[len(out):]
         return out, False
@@ -184,7 +234,10 @@ class ReplyBuilder:
 def request_prompt(tok: Tokenizer, req: ChatCompletionRequest) -> list[int]:
     """The chat-template prompt; message text is encoded as plain text (a typed "<|eot|>" is no special id)."""
     messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-    return prompt_ids(tok, messages)
+    try:
+        return prompt_ids(tok, messages)
+    except UnencodableText as e:  # parse_chat_request rejects lone surrogates first; this keeps it a 400 regardless
+        raise ApiError(400, f"messages: {e}", param="messages", code="invalid_unicode") from None
 
 
 def sampling_params(req: ChatCompletionRequest, prompt_tokens: int, seq_len: int, options: ServeOptions) -> SamplingParams:
@@ -202,10 +255,11 @@ def sampling_params(req: ChatCompletionRequest, prompt_tokens: int, seq_len: int
                             "the completion). Shorten the messages (drop old turns) or lower max_tokens.",
                        param="messages", code="context_length_exceeded")
     gen = options.generation
+    temperature = gen.temperature if req.temperature is None else req.temperature
     return SamplingParams(
         max_new_tokens=asked if asked is not None else min(gen.max_new_tokens, cap, room),
-        temperature=gen.temperature if req.temperature is None else req.temperature,
-        top_p=gen.top_p if req.top_p is None else req.top_p,
+        temperature=0.0 if temperature < SAMPLING_EPS else temperature,
+        top_p=max(gen.top_p if req.top_p is None else req.top_p, SAMPLING_EPS),
         top_k=gen.top_k if req.top_k is None else req.top_k,
         repetition_penalty=gen.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
         seed=gen.seed if req.seed is None else req.seed,
@@ -218,19 +272,25 @@ def sampling_params(req: ChatCompletionRequest, prompt_tokens: int, seq_len: int
 # Transport helpers.
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, or ApiError(413) as soon as it passes `limit` bytes (declared or actually sent)."""
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The request body; ApiError(413) as soon as it passes `limit` bytes (declared or actually sent),
+    ApiError(408) when it has not all arrived `timeout` seconds after the headers."""
     too_large = ApiError(413, f"The request body is larger than this server's limit of {limit:,} bytes.",
                          code="request_too_large")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise too_large
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
+    try:
+        with anyio.fail_after(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_large
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError(408, f"The request body did not arrive within {timeout:g} s ({size:,} bytes came); send it "
+                            "in one go, or start the server with a longer --read-timeout.", code="request_timeout") from None
     return b"".join(chunks)
 
 
@@ -245,12 +305,28 @@ def sse(obj: dict | str) -> str:
     return f"data: {data}\n\n"
 
 
-def error_body(e: BaseException) -> ApiError:
+def error_body(e: BaseException, what: str = "generating this reply") -> ApiError:
+    """The ApiError a client gets for `e`. A fault of the server's own is logged with its traceback
+    and reported without its text (that is for the operator, not for whoever sent the request)."""
     if isinstance(e, ApiError):
         return e
     if isinstance(e, WorkerStopped):
         return ApiError(503, f"{e}; retry when the server is back.", code="server_unavailable", type="server_error")
-    return ApiError(500, f"Generation failed: {type(e).__name__}: {e}", code="generation_failed", type="server_error")
+    ref = uuid.uuid4().hex[:12]
+    log.error("fault %s while %s", ref, what, exc_info=e)
+    return ApiError(500, f"The server failed while {what} (a fault on its side, not in the request; the server log "
+                         f"has the details under fault {ref}). Retry, or report it to whoever runs the server.",
+                    code="server_fault", type="server_error")
+
+
+class ErrorResponse(JSONResponse):
+    """An ApiError as JSON; ASCII-escaped, so no text a client sent can make the error itself fail to encode."""
+
+    def __init__(self, e: ApiError, headers: dict[str, str] | None = None) -> None:
+        super().__init__(e.body(), status_code=e.status, headers=headers)
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 class EventStream(StreamingResponse):
@@ -313,17 +389,18 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def on_api_error(request: Request, e: ApiError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
+        # A request whose body was not read to the end (413, 408) leaves the connection unusable.
+        return ErrorResponse(e, headers={"Connection": "close"} if e.status in (408, 413) else None)
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         message = f"No route {request.method} {request.url.path}." if e.status_code in (404, 405) else str(e.detail)
-        return JSONResponse(ApiError(e.status_code, message, code=str(e.status_code)).body(), status_code=e.status_code)
+        return ErrorResponse(ApiError(e.status_code, message, code=str(e.status_code)))
 
     @app.exception_handler(Exception)
     async def on_fault(request: Request, e: Exception) -> JSONResponse:
-        err = error_body(e)
-        return JSONResponse(err.body(), status_code=err.status)
+        # Starlette re-raises `e` after this response, and uvicorn logs it too; error_body logs it with a ref.
+        return ErrorResponse(error_body(e, f"answering {request.method} {request.url.path}"))
 
     def require_key(request: Request) -> None:
         if options.api_key is None:
@@ -333,11 +410,12 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
             raise ApiError(401, "Missing or incorrect API key: send `Authorization: Bearer KEY` with the key this "
                                 "server was started with (--api-key).", code="invalid_api_key")
 
-    @app.get("/", include_in_schema=False)
+    # GET routes answer HEAD too (uvicorn sends the headers without the body), as Starlette's own routes do.
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def page() -> Response:
         return Response(index_html, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
         ok = worker.alive
         return JSONResponse({"status": "ok" if ok else "unavailable", "model": options.model_id,
@@ -346,22 +424,28 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
 
     card = ModelCard(id=options.model_id, created=options.created)
 
-    @app.get("/v1/models", dependencies=[Depends(require_key)])
+    @app.api_route("/v1/models", methods=["GET", "HEAD"], dependencies=[Depends(require_key)])
     async def list_models() -> dict:
         return {"object": "list", "data": [card.to_dict()]}
 
-    @app.get("/v1/models/{model_id:path}", dependencies=[Depends(require_key)])
+    @app.api_route("/v1/models/{model_id:path}", methods=["GET", "HEAD"], dependencies=[Depends(require_key)])
     async def get_model(model_id: str) -> dict:
         if model_id != options.model_id:
             raise ApiError(404, f"The model {model_id!r} does not exist; this server serves {options.model_id!r}.",
                            param="model", code="model_not_found")
         return card.to_dict()
 
+    def prepare(body: bytes) -> tuple[ChatCompletionRequest, list[int], SamplingParams, ReplyBuilder]:
+        """Body → request, prompt ids, params and reply builder; ApiError(400) on any problem. Runs in a
+        thread: its cost grows with the body (linearly), and the event loop must not wait for it."""
+        req = parse_chat_request(body)
+        prompt = request_prompt(engine.tok, req)
+        return req, prompt, sampling_params(req, len(prompt), seq_len, options), ReplyBuilder(table, req, len(prompt))
+
     @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
     async def chat_completions(request: Request) -> Response:
-        req = parse_chat_request(await read_body(request, options.max_body_bytes))
-        prompt = request_prompt(engine.tok, req)
-        params = sampling_params(req, len(prompt), seq_len, options)
+        body = await read_body(request, options.max_body_bytes, options.read_timeout)
+        req, prompt, params, reply = await anyio.to_thread.run_sync(prepare, body)
         try:
             job = worker.submit(prompt, params)
         except ValueError as e:  # Engine.check: anything the checks above did not already catch
@@ -369,7 +453,6 @@ def create_app(engine: Engine, options: ServeOptions) -> FastAPI:
         except ServerBusy as e:
             raise ApiError(503, f"The server is busy: {e}.", code="server_busy", type="server_error") from None
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "created": int(time.time()), "model": options.model_id}
-        reply = ReplyBuilder(table, req, len(prompt))
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return EventStream(stream_events(job, reply, meta, include_usage), on_close=job.cancel)

@@ -3,6 +3,12 @@
     req = parse_chat_request(body_bytes)            # ApiError(400) naming the field on any problem
     ChatCompletion(...).to_json()                   # what POST /v1/chat/completions returns
 
+A body is read as UTF-8 JSON within limits no legal request comes near: at most MAX_JSON_DEPTH
+levels of arrays/objects, integers of at most MAX_INT_DIGITS digits, and no lone UTF-16 surrogate
+(a "\\ud800" escape without its pair) in any string or key; each is a 400 naming what and where,
+found in time linear in the body, before any field is looked at. Stop strings: at most
+MAX_STOP_SEQUENCES (OpenAI's limit), each of at most MAX_STOP_CHARS characters.
+
 Requests are strict, like OpenAI's own API: a field of the wrong JSON type is an error (no "2" for 2),
 and a field the API does not know is "Unrecognized request argument supplied". Fields OpenAI knows
 but ngpt cannot honour (tools, response formats other than text, penalties, logit_bias, ...) are a
@@ -16,12 +22,18 @@ step_ms, logprob, top alternatives) to each stream chunk or to the whole respons
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-MAX_STOP_SEQUENCES = 4
+from ngpt.tokenizer import describe_char, first_surrogate
+
+MAX_STOP_SEQUENCES = 4  # as OpenAI
+MAX_STOP_CHARS = 1000  # per stop string: far past any real one, and the matcher's table stays small
 MAX_TOP_LOGPROBS = 20
+MAX_JSON_DEPTH = 32  # a request needs 5 ({messages: [{content: [{part}]}]}); metadata is flat
+MAX_INT_DIGITS = 100  # the widest real value is a seed below 2**63 (19 digits)
 # OpenAI fields that change nothing here: accepted and ignored.
 IGNORED_FIELDS = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
                   "safety_identifier")
@@ -41,6 +53,8 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  type: str = "invalid_request_error") -> None:
         super().__init__(message)
+        # Whatever of the client's text a message quotes, the body must stay encodable JSON.
+        message, param = _printable(message), None if param is None else _printable(param)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 
     def body(self) -> dict:
@@ -96,7 +110,7 @@ class ChatCompletionRequest(_Strict):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     # Extensions (not in OpenAI's API).
     top_k: int | None = Field(None, ge=0)
-    repetition_penalty: float | None = Field(None, gt=0)
+    repetition_penalty: float | None = Field(None, ge=0.01)  # logits / a near-zero penalty overflow fp32
     ngpt_trace: bool | None = False
 
     # OpenAI fields outside the model: checked against UNSUPPORTED_FIELDS / IGNORED_FIELDS.
@@ -109,6 +123,11 @@ class ChatCompletionRequest(_Strict):
         if self.stop is None:
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+def _printable(text: str) -> str:
+    """`text` with any lone surrogate spelled as a \\udXXX escape (it has no UTF-8 form to send)."""
+    return text if first_surrogate(text) is None else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _param(loc: tuple) -> str:
@@ -124,13 +143,110 @@ def _param(loc: tuple) -> str:
     return out
 
 
+EXAMPLE_BODY = '{"messages": [{"role": "user", "content": "Hello"}]}'
+# Only a \\uD800-\\uDFFF escape can put a surrogate in a string (strict UTF-8 decoding rejects encoded ones).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_LONG_DIGITS = re.compile(rf"[0-9]{{{MAX_INT_DIGITS + 1}}}")
+
+
+class _LongNumber(ValueError):
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
+
+
+def _parse_int(literal: str) -> int:
+    # Checked before int() converts it: converting n digits costs O(n^2) when the interpreter's own
+    # limit (4300 digits, PYTHONINTMAXSTRDIGITS) is off, and its ValueError is no message for a person.
+    if len(literal.lstrip("-")) > MAX_INT_DIGITS:
+        raise _LongNumber(len(literal.lstrip("-")))
+    return int(literal)
+
+
+def load_json(body: bytes) -> Any:
+    """The body's JSON value; ApiError(400) when it is not UTF-8 JSON within the limits (check_json_limits)."""
+    def bad(why: str) -> ApiError:
+        return ApiError(400, f"The request body is not valid JSON: {why}. Send a JSON object such as {EXAMPLE_BODY}.",
+                        code="invalid_json")
+
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise bad(f"byte {e.start} (0x{body[e.start]:02X}) is not UTF-8; encode the body as UTF-8") from None
+    try:
+        # The hook costs a Python call per integer: only bodies with a run of digits that long need it.
+        raw = json.loads(text, parse_int=_parse_int if _LONG_DIGITS.search(text) else None)
+    except json.JSONDecodeError as e:
+        raise bad(f"{e.msg} at line {e.lineno}, column {e.colno}") from None
+    except _LongNumber as e:
+        raise ApiError(400, f"The request body holds an integer of {e.digits:,} digits; this server reads integers of "
+                            f"up to {MAX_INT_DIGITS} digits (no field takes a larger one).", code="number_too_long") from None
+    except RecursionError:  # ~1000 levels: the parser's own limit, well past MAX_JSON_DEPTH
+        raise _too_deep(None) from None
+    check_json_limits(raw, text)
+    return raw
+
+
+def _too_deep(param: str | None) -> ApiError:
+    what = param or "The request body"
+    return ApiError(400, f"{what} nests arrays/objects more than {MAX_JSON_DEPTH} levels deep; this server accepts "
+                         f"at most {MAX_JSON_DEPTH} (a chat request needs 5).", param=param, code="nesting_too_deep")
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_EMPTY_PAIR = re.compile(r"\[\]|\{\}")
+
+
+def _deeper_than(text: str, limit: int) -> bool:
+    """Whether valid JSON `text` nests arrays/objects more than `limit` deep, at C speed: with the strings
+    cut out and only brackets left, each pass removes the innermost pairs (one level)."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    for _ in range(limit):
+        brackets = _EMPTY_PAIR.sub("", brackets)
+        if not brackets:
+            return False
+    return True
+
+
+def check_json_limits(raw: Any, text: str) -> None:
+    """ApiError(400) when the parsed body `raw` (from `text`) nests too deep, or a string or key holds a lone
+    surrogate; names the field. Linear in the body; the walk over the value (an explicit stack, no
+    recursion) runs only when the text shows a surrogate escape or too much depth."""
+    too_deep = _deeper_than(text, MAX_JSON_DEPTH)
+    if not too_deep and not _SURROGATE_ESCAPE.search(text):
+        return
+    stack: list[tuple[Any, tuple, int]] = [(raw, (), 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        if isinstance(node, str):
+            if (offset := first_surrogate(node)) is not None:
+                param = _param(path) or "body"
+                raise ApiError(400, f"{param} holds {describe_char(node, offset)}: JSON \\uD800-\\uDFFF escapes must "
+                                    "come in high-low pairs; send valid Unicode text.", param=param, code="invalid_unicode")
+            continue
+        if not isinstance(node, (dict, list)):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep(_param(path[:1]) or None)  # the top-level field: the rest of the path is noise
+        if isinstance(node, dict):
+            for key in node:
+                if (offset := first_surrogate(key)) is not None:
+                    param = _param(path) or None
+                    raise ApiError(400, f"A key in {param or 'the body'} holds {describe_char(key, offset)}: JSON "
+                                        "\\uD800-\\uDFFF escapes must come in high-low pairs.", param=param, code="invalid_unicode")
+            children = [(v, (*path, k), depth + 1) for k, v in node.items()]
+        else:
+            children = [(v, (*path, i), depth + 1) for i, v in enumerate(node)]
+        stack.extend(reversed(children))  # document order: the first problem is the one reported
+    if too_deep:  # (the walk always finds it; this keeps the rule true even if the two disagreed)
+        raise _too_deep(None)
+
+
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Validate a request body; ApiError(400) with the offending param on the first problem."""
-    try:
-        raw = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"The request body is not valid JSON ({e}). Send a JSON object such as "
-                            '{"messages": [{"role": "user", "content": "Hello"}]}.', code="invalid_json") from None
+    raw = load_json(body)
     if not isinstance(raw, dict):
         raise ApiError(400, f"The request body must be a JSON object, got {type(raw).__name__}.")
     for key in [k for k in raw if k in ChatCompletionRequest.known_extra]:
@@ -171,6 +287,11 @@ def _check_semantics(req: ChatCompletionRequest) -> None:
     stops = req.stops()
     if len(stops) > MAX_STOP_SEQUENCES or any(not s for s in stops):
         raise ApiError(400, f"stop takes up to {MAX_STOP_SEQUENCES} non-empty strings.", param="stop")
+    for i, s in enumerate(stops):
+        if len(s) > MAX_STOP_CHARS:
+            which = "stop" if isinstance(req.stop, str) else f"stop[{i}]"
+            raise ApiError(400, f"{which} is {len(s):,} characters long; this server takes stop strings of up to "
+                                f"{MAX_STOP_CHARS:,} characters.", param="stop", code="stop_too_long")
     if req.top_logprobs and not req.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs: true.", param="top_logprobs")
     if req.stream_options is not None and not req.stream:
