@@ -6,8 +6,9 @@
     app = create_app(engine, ServeOptions(model_id="ngpt"))
 
 Modules: schemas.py (the OpenAI wire format and request validation), worker.py (the one thread that
-generates), app.py (routes, streaming, errors), protocol.py (uvicorn's HTTP/1.1 with read deadlines
-and JSON protocol errors: server_config), static/ (the page: index.html, app.js, style.css).
+generates), app.py (routes, streaming, errors), reply.py (engine steps → pieces on the wire: stop
+strings, logprobs, trace), protocol.py (uvicorn's HTTP/1.1 with read deadlines and JSON protocol
+errors: server_config), static/ (the page: index.html, app.js, style.css).
 """
 
 from ngpt.serve.app import ServeOptions, create_app
