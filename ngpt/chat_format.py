@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ngpt.settings import IGNORE_INDEX
-from ngpt.tokenizer import Tokenizer
+from ngpt.tokenizer import Tokenizer, describe_char, first_surrogate
 
 ROLES = ("system", "user", "assistant")
 
@@ -75,7 +75,8 @@ def validate_messages(obj: object, where: str) -> list[dict]:
     """Check one conversation record ({"messages": [...]}) and return its messages.
 
     Rules: non-empty `messages`; each message has exactly `role` and `content`; role in
-    system/user/assistant; content a string; at least one assistant message.
+    system/user/assistant; content a string of valid Unicode (no lone surrogate: a JSON "\\ud800"
+    escape without its pair has no UTF-8 form to tokenize); at least one assistant message.
     """
     def fail(rule: str) -> ChatFormatError:
         return ChatFormatError(f"{where}: {rule}")
@@ -94,6 +95,9 @@ def validate_messages(obj: object, where: str) -> list[dict]:
             raise fail(f'message {k} has role {msg["role"]!r}; roles are {", ".join(ROLES)}')
         if not isinstance(msg["content"], str):
             raise fail(f'message {k} content must be a string, got {type(msg["content"]).__name__}')
+        if (offset := first_surrogate(msg["content"])) is not None:
+            raise fail(f"message {k} content holds {describe_char(msg['content'], offset)}; a JSON \\uD800-\\uDFFF "
+                       "escape must be half of a high-low pair. Fix or drop that line")
     if not any(m["role"] == "assistant" for m in messages):
         raise fail("needs at least one assistant message (nothing to train on otherwise)")
     return messages
@@ -117,6 +121,10 @@ def read_chat_jsonl(path: str | Path) -> Iterator[tuple[int, list[dict]]]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ChatFormatError(f"{where}: not valid JSON (column {e.colno}: {e.msg})") from None
+            except RecursionError:
+                raise ChatFormatError(f"{where}: not a chat record (arrays/objects nested too deeply to read)") from None
+            except ValueError as e:  # e.g. an integer past Python's 4300-digit limit
+                raise ChatFormatError(f"{where}: not readable JSON ({e})") from None
             yield lineno, validate_messages(obj, where)
 
 

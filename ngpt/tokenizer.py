@@ -64,10 +64,11 @@ def check_encodable(text: str, where: str) -> None:
     """UnencodableText naming `where` and the bad character when `text` cannot be encoded as UTF-8."""
     offset = first_surrogate(text)
     if offset is not None:
-        raise UnencodableText(
-            f"{where} holds {describe_char(text, offset)}; only valid Unicode text can be tokenized "
-            "(a JSON \\uD800-\\uDFFF escape must be half of a high-low pair; other text must be UTF-8)."
-        )
+        if 0xDC80 <= ord(text[offset]) <= 0xDCFF:
+            fix = "send it as UTF-8 (is the terminal or file in another encoding?)"
+        else:
+            fix = "a JSON \\uD800-\\uDFFF escape must be half of a high-low pair"
+        raise UnencodableText(f"{where} holds {describe_char(text, offset)}; only valid Unicode text can be tokenized: {fix}.")
 
 
 class SpecialTokenInText(ValueError):

@@ -488,3 +488,81 @@ def test_shared_oasst1_threads(shared_data):
             best = min(siblings, key=lambda r: (r["rank"] is None, r["rank"] or 0, r["message_id"]))
             assert msg["content"] == best["text"]
             node = best
+
+
+# ---------------------------------------------------------------- text that is not text (issue 14)
+
+
+def _jsonl(path: Path, rows: list) -> Path:
+    """JSON Lines as json.dumps writes them by default: a lone surrogate becomes the escape \\ud800."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _with_bad_text(rows: list[dict], k: int, column: str) -> list[dict]:
+    rows = [dict(r) for r in rows]
+    rows[k][column] = "fine until here \ud800 and after"
+    return rows
+
+
+def _read_all(name: str, path: Path) -> None:
+    src = make_source(name, settings_for(sources={name: path}))
+    src.check()
+    for _ in src.iter_tagged():
+        pass
+
+
+@pytest.mark.parametrize("name", ["dolly15k", "oasst1"])
+def test_a_lone_surrogate_in_a_table_row_names_file_line_and_column(tmp_path, name):
+    rows, column = (dolly_rows(), "response") if name == "dolly15k" else (oasst_rows(), "text")
+    path = _jsonl(tmp_path / f"{name}.jsonl", _with_bad_text(rows, 3, column))
+    assert "\\ud800" in path.read_text().splitlines()[3]
+    with pytest.raises(SourceDataError) as err:
+        _read_all(name, path)
+    msg = str(err.value)
+    assert f"{path}:4 (row 3), column '{column}'" in msg and "lone UTF-16 surrogate U+D800 at character 16" in msg
+    assert msg.isascii()  # printable on any terminal: the bad character itself is not in the message
+
+
+def test_a_lone_surrogate_in_the_primer_names_file_line_and_message(tmp_path):
+    records = [{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}] * 2
+    records.append({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "bad \udfff"}]})
+    path = _jsonl(tmp_path / "primer.jsonl", records)
+    with pytest.raises(SourceDataError, match=rf"{path}:3: message 1 content holds a lone UTF-16 surrogate U\+DFFF at character 4"):
+        make_source("primer", settings_for(sources={"primer": path})).check()  # found before anything is written
+
+
+@pytest.mark.parametrize("name", ["dolly15k", "primer"])
+def test_invalid_utf8_names_the_exact_line_even_far_into_the_file(tmp_path, name):
+    """The reader decodes ahead in blocks; the error still names the line the bad byte is on."""
+    if name == "dolly15k":
+        lines = [json.dumps(r) for r in dolly_rows(n=200)]  # tens of KB: the bad line is blocks away
+    else:
+        lines = [json.dumps(r) for r in [{"messages": [{"role": "user", "content": f"q {i} " * 20},
+                                                        {"role": "assistant", "content": "a"}]} for i in range(200)]]
+    data = "\n".join(lines).encode("utf-8").split(b"\n")
+    data[150] = data[150].replace(b"Answer", b"Ans\xffwer").replace(b"q 150", b"q \xff150")
+    path = tmp_path / f"{name}.jsonl"
+    path.write_bytes(b"\n".join(data) + b"\n")
+    with pytest.raises(SourceDataError, match=rf"{path}:151\b.*not valid UTF-8"):
+        _read_all(name, path)
+
+
+@pytest.mark.parametrize("line", ["[" * 5000 + "]" * 5000, '{"instruction": "x", "response": ' + "9" * 5000 + "}"],
+                         ids=["nested 5000 deep", "a 5000-digit number"])
+def test_unreadable_json_lines_are_an_error_naming_the_line_not_a_traceback(tmp_path, line):
+    path = tmp_path / "dolly.jsonl"
+    path.write_text(json.dumps(dolly_rows()[0]) + "\n" + line + "\n")
+    with pytest.raises(SourceDataError, match=rf"cannot read {path} near line 2 \(row 1\)"):
+        _read_all("dolly15k", path)
+    primer = tmp_path / "primer.jsonl"
+    primer.write_text(line + "\n")
+    with pytest.raises(SourceDataError, match=rf"{primer}:1: not"):
+        make_source("primer", settings_for(sources={"primer": primer})).check()
+
+
+def test_roam_note_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    (tmp_path / "good.md").write_text("# fine\n", encoding="utf-8")
+    (tmp_path / "bad.md").write_bytes(b"# title\nline two\nline \xe9three\n")  # Latin-1, not UTF-8
+    with pytest.raises(SourceDataError, match=rf"{tmp_path / 'bad.md'}:3 is not valid UTF-8 .*0xE9"):
+        _read_all("roam", tmp_path)

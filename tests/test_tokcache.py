@@ -425,3 +425,81 @@ def test_real_samples_round_trip(tmp_path, tiny_tokenizer, tiny_tokenizer_path, 
         assert ids.tolist() == want and (labels != IGNORE_INDEX).any()
     caches = [("pretrain", "wikitext"), ("sft", "oasst1")]
     assert all(r.ok for r in validate(settings, tiny_tokenizer, caches=caches, deep=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# Text that is not text (issue 14): the build stops naming where, and leaves nothing behind.
+
+
+def _ngpt(*args) -> int:
+    from ngpt.cli.main import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def _leftovers(cache: Path) -> list[str]:
+    return sorted(str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file() or p.name.startswith("."))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_lone_surrogate_mid_build_names_file_and_line_and_leaves_no_cache(tmp_path, tiny_tokenizer, tiny_tokenizer_path, workers):
+    from fixtures import dolly_rows
+
+    from ngpt.sources import make_source
+    from ngpt.sources.base import SourceDataError
+
+    rows = dolly_rows(n=3000)  # ~400 KB: chunks are tokenized and shards written before the bad line is read
+    rows[2500]["response"] = "a reply with \ud800 in it"
+    path = tmp_path / "dolly.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")  # the escape \ud800
+    settings = make_settings(tmp_path, tiny_tokenizer_path, workers=workers, sources={"dolly15k": str(path)})
+    written = []
+    with pytest.raises(SourceDataError, match=rf"{path}:2501 \(row 2500\), column 'response', holds a lone UTF-16 surrogate U\+D800"):
+        build_source(settings, make_source("dolly15k", settings), tiny_tokenizer, progress=lambda n, tokens: written.append(tokens))
+    assert written and written[-1] > 0  # the build was under way: shards existed in its temp folder
+    assert _leftovers(tmp_path / "cache") == []  # no cache, no temp folder
+
+    # The same through the command, as a user meets it: one panel naming the file and line, exit 1.
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"data": {"cache_dir": str(tmp_path / "cache"), "shard_bytes": 1024, "workers": workers,
+                                           "mix_sft": {"dolly15k": 1.0}},
+                                  "tokenizer": {"model_path": str(tiny_tokenizer_path)}}))
+    assert _ngpt("cache", "build", "dolly15k", "--config", config, "--source", f"dolly15k={path}") == 1
+    assert _leftovers(tmp_path / "cache") == []
+
+
+def test_cache_build_cli_names_the_primer_line_with_a_surrogate(tmp_path, tiny_tokenizer_path, capsys):
+    records = [{"messages": [{"role": "user", "content": f"q {i}"}, {"role": "assistant", "content": "a"}]} for i in range(5)]
+    records[3]["messages"][0]["content"] = "q \udc00"
+    path = tmp_path / "primer.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"data": {"cache_dir": str(tmp_path / "cache"), "workers": 1, "mix_sft": {"primer": 1.0}},
+                                  "tokenizer": {"model_path": str(tiny_tokenizer_path)}}))
+    assert _ngpt("cache", "build", "primer", "--config", config, "--source", f"primer={path}") == 1
+    def flat(text: str) -> str:  # the panel wraps long lines: compare without whitespace and box lines
+        return "".join(text.replace("│", " ").split())
+
+    err = capsys.readouterr().err
+    assert flat(f"{path}:4: message 0 content holds a lone UTF-16 surrogate U+DC00") in flat(err)
+    assert "Traceback" not in err
+    if (tmp_path / "cache").exists():
+        assert _leftovers(tmp_path / "cache") == []
+
+
+def test_unencodable_text_from_any_source_names_the_document(tmp_path, tiny_tokenizer, tiny_tokenizer_path):
+    """The last net, for a reader that cannot see it (a source yielding a lone surrogate): the tokenizer step."""
+    from ngpt.tokenizer import UnencodableText
+
+    settings = make_settings(tmp_path, tiny_tokenizer_path, workers=2)  # raised in a pool process, named here
+    bad = docs(40) + [Document("notes/odd.md", "text then \udcff then more")]
+    with pytest.raises(UnencodableText, match=r"Source 'roam', document notes/odd.md holds byte 0xFF, which is not valid UTF-8, at character 10"):
+        build_source(settings, ListSource("roam", "pretrain", {"train": bad, "val": docs(2)}), tiny_tokenizer)
+    conv = Conversation("row 9", [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok \ud801"}])
+    with pytest.raises(UnencodableText, match=r"Source 'oasst1', row 9 \(message 1, assistant\) holds a lone UTF-16 surrogate U\+D801"):
+        build_source(settings, ListSource("oasst1", "sft", {"train": [conv], "val": [conv]}), tiny_tokenizer)
+    assert _leftovers(tmp_path / "cache") == []

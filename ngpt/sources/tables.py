@@ -25,6 +25,7 @@ from typing import TypeVar
 
 from ngpt.settings import Settings
 from ngpt.sources.base import Source, SourceDataError, Split, hub_check, local_files, split_of
+from ngpt.tokenizer import describe_char, first_surrogate
 
 TABLE_EXTS: tuple[str, ...] = (".parquet", ".jsonl", ".json")
 T = TypeVar("T")
@@ -214,7 +215,7 @@ def _parquet_rows(name: str, file: Path, columns: tuple[str, ...]) -> Iterator[t
 
 def _json_lines_rows(name: str, file: Path, columns: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
     i = 0
-    line_no = 1  # the line being read (a UTF-8 error surfaces while reading ahead: "near")
+    line_no = 1  # the line being read
     try:
         with open(file, encoding="utf-8-sig") as f:
             for line in f:
@@ -222,14 +223,46 @@ def _json_lines_rows(name: str, file: Path, columns: tuple[str, ...]) -> Iterato
                     row = json.loads(line)
                     if not isinstance(row, dict):
                         raise ValueError(f"a JSON {type(row).__name__}, not an object")
-                    yield i, {c: row.get(c) for c in columns}
+                    values = {c: row.get(c) for c in columns}
+                    check_text_values(name, f"{file}:{line_no} (row {i})", values)
+                    yield i, values
                     i += 1
                 line_no += 1
-    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+    except SourceDataError:
+        raise
+    except UnicodeDecodeError:  # surfaces while the reader decodes ahead: find the line itself
+        line_no, where = bad_utf8_line(file)
         raise SourceDataError(
-            f"Source '{name}': cannot read {file} near line {line_no} (row {i}): {e}. "
+            f"Source '{name}': {file}:{line_no} (row {i}) is not valid UTF-8 ({where}); convert the file to UTF-8."
+        ) from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, a 4300+ digit integer, nesting past ~1000 levels
+        why = "arrays/objects nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise SourceDataError(
+            f"Source '{name}': cannot read {file} near line {line_no} (row {i}): {why}. "
             "Each line must be one JSON object, in UTF-8."
         ) from None
+
+
+def check_text_values(name: str, where: str, values: dict) -> None:
+    """SourceDataError naming `where` and the column when a string value holds a lone surrogate: a JSON
+    "\\ud800" escape without its pair, which no tokenizer can encode (found here, not mid-tokenizing)."""
+    for column, value in values.items():
+        if isinstance(value, str) and (offset := first_surrogate(value)) is not None:
+            raise SourceDataError(
+                f"Source '{name}': {where}, column {column!r}, holds {describe_char(value, offset)}; a JSON "
+                "\\uD800-\\uDFFF escape must be half of a high-low pair. Fix or drop that line."
+            )
+
+
+def bad_utf8_line(file: Path) -> tuple[int, str]:
+    """(line number, "byte N of the line: 0xXX") of the first bytes in `file` that are not UTF-8."""
+    with open(file, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return line_no, f"byte {e.start + 1} of the line: 0x{raw[e.start]:02X}"
+    return line_no, "a character cut off at the end of the file"
 
 
 def _datasets_rows(name: str, file: Path) -> Iterator[tuple[int, dict]]:
@@ -251,11 +284,14 @@ def _datasets_rows(name: str, file: Path) -> Iterator[tuple[int, dict]]:
 
 def read_text(name: str, file: Path) -> str:
     """A UTF-8 text file with a BOM dropped and CRLF/CR line ends turned into LF."""
+    data = file.read_bytes()
     try:
-        text = file.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
         raise SourceDataError(
-            f"Source '{name}': {file} is not valid UTF-8 (byte {e.start}); convert it to UTF-8."
+            f"Source '{name}': {file}:{line} is not valid UTF-8 (byte {e.start} of the file: 0x{data[e.start]:02X}); "
+            "convert it to UTF-8."
         ) from None
     text = text.removeprefix("\ufeff")
     if "\r" in text:  # a cheap scan first: replace() walks a wide (non-Latin-1) string slowly even when nothing matches
@@ -266,13 +302,12 @@ def read_text(name: str, file: Path) -> str:
 def text_lines(name: str, file: Path) -> Iterator[str]:
     """The lines of a UTF-8 text file (newline kept, CRLF → LF, BOM dropped), streamed."""
     with open(file, encoding="utf-8-sig") as f:  # text mode turns CRLF into LF
-        lineno = 0
         try:
-            for lineno, line in enumerate(f, start=1):
-                yield line
-        except UnicodeDecodeError as e:
+            yield from f
+        except UnicodeDecodeError:  # surfaces while the reader decodes ahead: find the line itself
+            line_no, where = bad_utf8_line(file)
             raise SourceDataError(
-                f"Source '{name}': {file} is not valid UTF-8 (near line {lineno + 1}, {e.reason}); convert it to UTF-8."
+                f"Source '{name}': {file}:{line_no} is not valid UTF-8 ({where}); convert it to UTF-8."
             ) from None
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from ngpt.chat_format import render_example
 from ngpt.sources.base import SPLITS, Conversation, Document, Split
-from ngpt.tokenizer import Tokenizer, check_training_text
+from ngpt.tokenizer import Tokenizer, UnencodableText, check_encodable, check_training_text
 
 Item = Document | Conversation
 Tagged = tuple[Split, Item]
@@ -97,21 +97,28 @@ def chunked(items: Iterable[Tagged], max_chars: int = CHUNK_CHARS, max_items: in
 
 
 def encode_chunk(tok: Tokenizer, job: EncodeJob, items: list[Tagged]) -> Encoded:
-    """Check every text for special-token strings, then encode (pretrain) or render (SFT)."""
+    """Check every text for special-token strings, then encode (pretrain) or render (SFT).
+
+    Text that cannot be encoded (a lone surrogate, which the jsonl readers already reject with the
+    file and line) is an UnencodableText naming the source, the item and the character."""
     pieces: list[list[int]] = []
     masks: list[list[int]] = []
     splits: list[int] = []
     dropped = np.zeros(len(SPLITS), dtype=np.int64)
     for split, item in items:
         side = SPLITS.index(split)
-        if isinstance(item, Document):
-            check_training_text(item.text, job.source, item.ref)
-            pieces.append(tok.encode(item.text) + [tok.eot_id])
-            splits.append(side)
-            continue
-        for k, msg in enumerate(item.messages):
-            check_training_text(msg["content"], job.source, f"{item.ref} (message {k}, {msg['role']})")
-        example = render_example(tok, item.messages, job.sft_max_tokens)
+        try:
+            if isinstance(item, Document):
+                check_training_text(item.text, job.source, item.ref)
+                pieces.append(tok.encode(item.text) + [tok.eot_id])
+                splits.append(side)
+                continue
+            for k, msg in enumerate(item.messages):
+                check_training_text(msg["content"], job.source, f"{item.ref} (message {k}, {msg['role']})")
+            example = render_example(tok, item.messages, job.sft_max_tokens)
+        except UnencodableText:  # free until it happens; then find which text, to say where
+            _name_unencodable(job, item)
+            raise
         if example is None:
             dropped[side] += 1
             continue
@@ -125,6 +132,14 @@ def encode_chunk(tok: Tokenizer, job: EncodeJob, items: list[Tagged]) -> Encoded
     if job.kind == "sft":
         mask = np.fromiter(itertools.chain.from_iterable(masks), dtype=np.uint8, count=total)
     return Encoded(tokens, lengths, mask, np.asarray(splits, dtype=np.uint8), dropped, len(items))
+
+
+def _name_unencodable(job: EncodeJob, item: Item) -> None:
+    """UnencodableText naming the source, the item (and message) and the character that is not text."""
+    if isinstance(item, Document):
+        check_encodable(item.text, f"Source '{job.source}', document {item.ref}")
+    for k, msg in enumerate(getattr(item, "messages", ())):
+        check_encodable(msg["content"], f"Source '{job.source}', {item.ref} (message {k}, {msg['role']})")
 
 
 # Per-process tokenizer cache. Forked workers inherit the parent's entry (no reload); spawned ones
