@@ -300,3 +300,54 @@ def test_checkpoint_generation_settings_sit_under_config_and_flags(ckpts, tmp_pa
     assert resolved("-c", str(config), "--temperature", "0.9")["temperature"] == 0.9
     plain = chat("--ckpt", str(ckpts["random"]), "--device", "cpu", "--print-config").stdout
     assert json.loads(plain)["generation"]["temperature"] == GenerationSettings().temperature
+
+
+# ---------------------------------------------------------------------------------------------
+# Text that is not text (issue 14): a message saying which character, never a traceback.
+
+
+def test_prompt_with_a_byte_that_is_not_utf8_is_refused_before_the_model_loads(tmp_path, capsys):
+    # Python hands argv bytes that are not UTF-8 over as surrogateescape'd code points: b"\xff" → "\udcff".
+    with pytest.raises(SystemExit) as exit_info:
+        main(["chat", "--ckpt", str(tmp_path / "not-even-there"), "-p", "caf\udcff"])
+    assert exit_info.value.code == 1
+    err = " ".join(capsys.readouterr().err.replace("│", " ").split())
+    assert "-p/--prompt holds byte 0xFF, which is not valid UTF-8, at character 3" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        main(["chat", "--ckpt", str(tmp_path / "not-even-there"), "-p", "hi", "--system", "be \ud800"])
+    assert "--system holds a lone UTF-16 surrogate U+D800" in " ".join(capsys.readouterr().err.replace("│", " ").split())
+
+
+def test_prompt_bytes_from_a_real_command_line(ckpts, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "ngpt", "chat", "--ckpt", str(ckpts["file"]), "-p", b"caf\xe9"],
+                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "byte 0xE9, which is not valid UTF-8" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_system_file_that_is_not_utf8_names_the_file_and_line(ckpts, tmp_path, capsys):
+    (tmp_path / "latin1.txt").write_bytes(b"Be brief.\nR\xe9pondez en fran\xe7ais.\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["chat", "--ckpt", str(ckpts["file"]), "-p", "hi", "--system-file", "latin1.txt", *FAST])
+    assert exit_info.value.code == 1
+    assert "latin1.txt:2 is not valid UTF-8 (byte 0xE9)" in " ".join(capsys.readouterr().err.replace("│", " ").split())
+
+
+@pytest.mark.parametrize("io_errors", ["surrogateescape", "strict"])
+def test_interactive_line_that_is_not_utf8_is_refused_and_the_chat_goes_on(ckpts, tmp_path, monkeypatch, io_errors):
+    """A terminal in another encoding: Python either decodes the line with surrogateescape (the C locale's
+    default) or fails to decode it (strict); either way a message, then the next prompt."""
+    monkeypatch.setenv("PYTHONIOENCODING", f"utf-8:{io_errors}")
+    term = Terminal(["--ckpt", str(ckpts["file"]), *FAST], tmp_path)
+    try:
+        term.expect_prompts(1)
+        os.write(term.master, b"caf\xe9\n")  # Latin-1 "café"
+        refused = term.expect_prompts(2).split("you: ")[-2]
+        assert "0xE9" in refused and "UTF-8" in refused.upper() and "Traceback" not in refused
+        term.send("hi")
+        assert HELLO in term.expect_prompts(3).split("you: ")[-2]  # the chat goes on, history untouched
+        term.send("/exit")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.close()

@@ -11,7 +11,10 @@ The system prompt is --system or --system-file, else configs/system.txt when it 
 ngpt checkout), else none; `--system ""` turns it off. Before each turn the oldest turns are dropped
 until the prompt plus --max-new-tokens fits the model's context; a single message too long to fit
 is an error naming the numbers. With -p and stdout not a terminal, only the reply goes to stdout
-(tables and stats go to stderr): `ngpt chat --ckpt X -p "hi" > reply.txt`.
+(tables and stats go to stderr): `ngpt chat --ckpt X -p "hi" > reply.txt`. Text that is not valid
+Unicode (bytes a non-UTF-8 terminal or argument carried in, a lone surrogate) is refused with a
+message saying which character: -p, --system and --system-file before the model loads; a typed
+line at the prompt, and the chat goes on.
 """
 
 from __future__ import annotations
@@ -63,11 +66,14 @@ class ChatSession:
 
         on_start runs once the conversation fits the context, just before generation starts.
 
-        A ValueError (the message alone does not fit the context) leaves the history as it was,
-        and so does an interrupted answer.
+        A ValueError (the message alone does not fit the context, or is not valid Unicode) leaves
+        the history as it was, and so does an interrupted answer.
         """
         from ngpt.chat_format import prompt_ids
         from ngpt.chat_format import fit_messages
+        from ngpt.tokenizer import check_encodable
+
+        check_encodable(text, "The message")
 
         messages = [*self.system, *self.history, {"role": "user", "content": text}]
         tok, seq_len = self.engine.tok, self.engine.model.cfg.seq_len
@@ -128,6 +134,12 @@ def chat(
     if system is not None and system_file is not None:
         raise typer.BadParameter("give --system or --system-file, not both", param_hint="--system/--system-file")
     system_text, system_origin = system_prompt(system, system_file)
+    from ngpt.tokenizer import check_encodable
+
+    if prompt is not None:  # before the model loads: argv can carry bytes that are not UTF-8
+        check_encodable(prompt, "-p/--prompt")
+    if system_text is not None:
+        check_encodable(system_text, system_origin)
 
     import torch  # heavy imports only once a chat really starts: `ngpt --help` stays fast
 
@@ -183,6 +195,10 @@ def interactive(session: ChatSession, ui: Console, seed_given: bool) -> None:
         except (EOFError, KeyboardInterrupt):
             ui.print()
             return
+        except UnicodeDecodeError as e:  # a terminal sending another encoding than the one Python reads
+            ui.print(f"that line is not valid {e.encoding} text (byte 0x{e.object[e.start]:02X}); set the terminal "
+                     "to UTF-8 and type it again", style="yellow", markup=False, highlight=False)
+            continue
         if not text:
             continue
         if text.startswith("/"):
@@ -215,12 +231,22 @@ def write_reply(piece: str) -> None:
 def system_prompt(system: str | None, system_file: Path | None) -> tuple[str | None, str]:
     """(the system prompt or None, where it came from) for the info table."""
     if system_file is not None:
-        return system_file.read_text(encoding="utf-8").strip() or None, f"--system-file {system_file}"
+        return read_utf8(system_file).strip() or None, f"--system-file {system_file}"
     if system is not None:
         return system.strip() or None, "--system" if system.strip() else 'none (--system "")'
     if DEFAULT_SYSTEM_FILE.is_file():
-        return DEFAULT_SYSTEM_FILE.read_text(encoding="utf-8").strip() or None, str(DEFAULT_SYSTEM_FILE)
+        return read_utf8(DEFAULT_SYSTEM_FILE).strip() or None, str(DEFAULT_SYSTEM_FILE)
     return None, f"none ({DEFAULT_SYSTEM_FILE} not found here; --system sets one)"
+
+
+def read_utf8(path: Path) -> str:
+    """A UTF-8 text file; a ValueError naming the file and line when it is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line} is not valid UTF-8 (byte 0x{data[e.start]:02X}); save it as UTF-8.") from None
 
 
 def sampling_label(p: SamplingParams) -> str:
