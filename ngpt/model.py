@@ -1,9 +1,11 @@
 """The transformer: a small Llama-style decoder, readable top to bottom.
 
-token embedding → L pre-norm blocks (RMSNorm → causal self-attention with RoPE; RMSNorm → SwiGLU MLP)
-→ final RMSNorm → LM head tied to the embedding. No biases. Every choice that matters numerically
-(RoPE half-split layout, RMSNorm in fp32, SwiGLU) is Hugging Face Llama's, so the export to
-`LlamaForCausalLM` is a rename of tensors (ngpt.export.hf), no permutation.
+token embedding (→ RMSNorm) → L pre-norm blocks (RMSNorm → causal self-attention with RoPE, optionally
+QK-norm; RMSNorm → SwiGLU or ReLU² MLP) → final RMSNorm → LM head, tied to the embedding or its own
+(→ optional logit soft-cap). No biases. Every choice that matters numerically (RoPE half-split
+layout, RMSNorm in fp32, SwiGLU) is Hugging Face Llama's, so the export (ngpt.export.hf) is a rename
+of tensors into Llama, Qwen3 (QK-norm) or Arcee (ReLU²), no permutation. Each option (ModelSettings)
+off is the plain Llama.
 
     from ngpt.settings import ModelSettings
     from ngpt.model import GPT
@@ -27,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ngpt.kernels.attention import attention
-from ngpt.kernels.lm_loss import cross_entropy, lm_loss
+from ngpt.kernels.lm_loss import cross_entropy, lm_loss, softcap
 from ngpt.kernels.onednn import Linear
 from ngpt.settings import ModelSettings
 
@@ -72,19 +74,22 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
+    """x / rms(x) over the last dimension, times a learned gain (gain=False: parameter-free)."""
+
+    def __init__(self, dim: int, eps: float, gain: bool = True) -> None:
         super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.dim, self.eps = dim, eps
+        self.weight = nn.Parameter(torch.ones(dim)) if gain else None
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype == torch.float32 == self.weight.dtype:  # the lines below in one op (bit-identical on CPU, tested)
-            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        w = self.weight
+        if x.dtype == torch.float32 and (w is None or w.dtype == torch.float32):  # one op (bit-identical on CPU, tested)
+            return F.rms_norm(x, (self.dim,), w, self.eps)
         # Statistics in fp32 even under bf16 (a mean of squares loses too much in 8 mantissa bits);
         # cast back before the weight, as Llama does.
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return x32.to(x.dtype) if w is None else w * x32.to(x.dtype)
 
 
 class CausalSelfAttention(nn.Module):
@@ -97,10 +102,19 @@ class CausalSelfAttention(nn.Module):
         self.k = Linear(C, C, bias=False)
         self.v = Linear(C, C, bias=False)
         self.o = Linear(C, C, bias=False)
+        # QK-norm bounds every attention logit by √D·|gains|², whatever the weights grow to: stable at high lr.
+        self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps, cfg.norm_gains) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps, cfg.norm_gains) if cfg.qk_norm else None
+
+    def linear_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.q(x), self.k(x), self.v(x)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, T, C) → q, k, v (B, n_head, T, head_dim), before RoPE: heads become a batch dimension."""
-        return self.split_heads(self.q(x)), self.split_heads(self.k(x)), self.split_heads(self.v(x))
+        q, k, v = (self.split_heads(t) for t in self.linear_qkv(x))
+        if self.q_norm is not None:  # a gain in fp32 would promote bf16 q, k to fp32 under autocast: keep v's dtype
+            q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
+        return q, k, v
 
     def split_heads(self, t: Tensor) -> Tensor:
         B, T, _ = t.shape
@@ -131,13 +145,25 @@ class MLP(nn.Module):
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
+class ReLU2MLP(nn.Module):
+    """ReLU², as modded-nanogpt and nanochat: down(relu(up(x))²); no gate, so 4·C hidden for SwiGLU's parameters."""
+
+    def __init__(self, cfg: ModelSettings) -> None:
+        super().__init__()
+        self.up = Linear(cfg.n_embd, cfg.ffn_dim, bias=False)
+        self.down = Linear(cfg.ffn_dim, cfg.n_embd, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(F.relu(self.up(x)).square())
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelSettings, layer_idx: int) -> None:
         super().__init__()
-        self.attn_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.norm_gains)
         self.attn = CausalSelfAttention(cfg, layer_idx)
-        self.mlp_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        self.mlp_norm = RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.norm_gains)
+        self.mlp = ReLU2MLP(cfg) if cfg.mlp == "relu2" else MLP(cfg)
         # The one place dropout lives: on each branch's output before it joins the residual stream.
         self.dropout = cfg.dropout
 
@@ -163,20 +189,29 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.activation_checkpointing = False  # set by training: recompute each block in backward
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        # Normalising the embedding makes its scale (and so its init and lr) irrelevant to the blocks.
+        self.emb_norm = RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.norm_gains) if cfg.embed_norm else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.norm_gains)
         self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.tok_emb.weight  # tied: one V×C matrix reads tokens in and out
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight  # one V×C matrix reads tokens in and out
         # Not in the state dict: derived from the config, and absent from Llama checkpoints.
         cos, sin = rope_tables(cfg.head_dim, cfg.seq_len, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
-        # Each residual branch adds to the stream 2·L times in all; scale their output projections so
-        # the stream's variance at init does not grow with depth (GPT-2).
-        for block in self.blocks:
-            nn.init.normal_(block.attn.o.weight, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
-            nn.init.normal_(block.mlp.down.weight, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
+        outputs = [w for b in self.blocks for w in (b.attn.o.weight, b.mlp.down.weight)]
+        if cfg.zero_init:
+            # Every block starts as the identity and the untied head predicts uniformly (modded-nanogpt):
+            # each branch grows from zero at the rate its gradient asks for.
+            for w in outputs + ([] if cfg.tie_embeddings else [self.lm_head.weight]):
+                nn.init.zeros_(w)
+        else:
+            # Each residual branch adds to the stream 2·L times in all; scale their output projections so
+            # the stream's variance at init does not grow with depth (GPT-2).
+            for w in outputs:
+                nn.init.normal_(w, std=INIT_STD / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -206,6 +241,8 @@ class GPT(nn.Module):
         cos = self.rope_cos[start_pos : start_pos + T]
         sin = self.rope_sin[start_pos : start_pos + T]
         x = self.tok_emb(idx)
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
         # A cache must see each update once, so recomputation (checkpointing) is for training only.
         recompute = self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled()
         for block in self.blocks:
@@ -214,9 +251,12 @@ class GPT(nn.Module):
             else:
                 x = block(x, cos, sin, kv_cache, doc_ids)
         x = self.norm(x)
+        cap = self.cfg.logit_softcap
         if logits == "none":
-            return None, lm_loss(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T))
+            return None, lm_loss(x.view(B * T, -1), self.lm_head.weight, targets.reshape(B * T), cap=cap)
         out = self.lm_head(x[:, -1:] if logits == "last" else x)
+        if cap is not None:
+            out = softcap(out, cap)
         return out, None if targets is None else cross_entropy(out, targets)
 
     def _check_call(self, start_pos, T, targets, kv_cache, logits, doc_ids) -> None:
@@ -237,7 +277,7 @@ class GPT(nn.Module):
             raise ValueError("doc_ids are for whole packed rows (training), not for KV-cache generation")
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters counted once (the tied head is the embedding); non_embedding drops the V×C table."""
+        """Parameters counted once (a tied head is the embedding); non_embedding drops the V×C table."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.tok_emb.weight.numel()
@@ -246,12 +286,13 @@ class GPT(nn.Module):
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward), the PaLM/nanoGPT estimate used for MFU.
 
-        6N for the weight matmuls (N includes the tied matrix once: the embedding lookup is free but
-        the head matmul is not), plus 12·L·C·T for attention scores and weighted sums at context T
-        (counted as if unmasked, by the same convention).
+        6N for the weight matmuls (N includes the head, once; an untied embedding's lookup is free),
+        plus 12·L·C·T for attention scores and weighted sums at context T (counted as if unmasked,
+        by the same convention).
         """
         T = self.cfg.seq_len if seq_len is None else seq_len
-        return 6 * self.num_params() + 12 * self.cfg.n_layer * self.cfg.n_embd * T
+        matmul_params = self.num_params(non_embedding=not self.cfg.tie_embeddings)
+        return 6 * matmul_params + 12 * self.cfg.n_layer * self.cfg.n_embd * T
 
 
 def param_count(cfg: ModelSettings) -> int:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ngpt.model import GPT, MLP, CausalSelfAttention
+from ngpt.model import GPT, MLP, CausalSelfAttention, ReLU2MLP
 
 ACTIVATION_DTYPE = torch.bfloat16  # what the int8 kernel multiplies the weights with
 # From this many rows on (a prompt, not one token) dequantise and use a bf16 matmul: the int8 kernel is a
@@ -68,12 +68,12 @@ class Int8Attention(CausalSelfAttention):
     def __init__(self, attn: CausalSelfAttention) -> None:
         nn.Module.__init__(self)
         self.layer_idx, self.n_head, self.head_dim = attn.layer_idx, attn.n_head, attn.head_dim
+        self.q_norm, self.k_norm = attn.q_norm, attn.k_norm  # fp32, as every norm
         self.qkv = Int8Linear(torch.cat([attn.q.weight, attn.k.weight, attn.v.weight]))
         self.o = Int8Linear(attn.o.weight)
 
-    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        q, k, v = self.qkv(x).split(self.n_head * self.head_dim, dim=-1)
-        return self.split_heads(q), self.split_heads(k), self.split_heads(v)
+    def linear_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return self.qkv(x).split(self.n_head * self.head_dim, dim=-1)
 
 
 class Int8MLP(MLP):
@@ -89,6 +89,15 @@ class Int8MLP(MLP):
         return self.down(F.silu(gate) * up)
 
 
+class Int8ReLU2MLP(ReLU2MLP):
+    """ReLU² with up and down as Int8Linear."""
+
+    def __init__(self, mlp: ReLU2MLP) -> None:
+        nn.Module.__init__(self)
+        self.up = Int8Linear(mlp.up.weight)
+        self.down = Int8Linear(mlp.down.weight)
+
+
 def quantize_int8(model: GPT) -> GPT:
     """Every linear layer of `model` as int8 (in place); the model stays fp32 otherwise.
 
@@ -98,6 +107,6 @@ def quantize_int8(model: GPT) -> GPT:
     model.float()
     for block in model.blocks:
         block.attn = Int8Attention(block.attn)
-        block.mlp = Int8MLP(block.mlp)
-    model.lm_head = Int8Linear(model.tok_emb.weight)  # unties: the lookup keeps the fp32 table
+        block.mlp = Int8ReLU2MLP(block.mlp) if isinstance(block.mlp, ReLU2MLP) else Int8MLP(block.mlp)
+    model.lm_head = Int8Linear(model.lm_head.weight)  # a tied head gets its own copy: the lookup keeps the fp32 table
     return model.train(model.training)  # the new modules take the model's train/eval mode

@@ -33,6 +33,9 @@ SFT_SOURCES: tuple[str, ...] = ("dolly15k", "oasst1", "primer")
 ALL_SOURCES: tuple[str, ...] = PRETRAIN_SOURCES + SFT_SOURCES
 SPECIAL_TOKENS: tuple[str, ...] = ("<|sys|>", "<|usr|>", "<|asst|>", "<|eot|>")
 IGNORE_INDEX = -100  # a label that takes no loss (prompt tokens, padding): torch's cross-entropy default
+MlpChoice = Literal["swiglu", "relu2"]
+OptimizerChoice = Literal["adamw", "muon"]
+ScheduleChoice = Literal["cosine", "wsd"]
 AmpChoice = Literal["auto", "true", "false"]  # train.amp: auto = on where it measured faster (ngpt.device)
 AmpDtypeChoice = Literal["auto", "bf16", "fp16"]  # train.amp_dtype: auto = bf16 where supported, else fp16
 # How generation stores the weights (`--precision` of chat, serve, bench): auto = what decodes fastest here.
@@ -62,10 +65,17 @@ class ModelSettings(_Section):
     n_embd: int = Field(384, gt=0, description="Model width C.")
     n_layer: int = Field(8, gt=0, description="Number of transformer blocks L.")
     n_head: int = Field(6, gt=0, description="Attention heads H (C must be divisible by H).")
-    d_ff: int | None = Field(None, description="SwiGLU hidden size; None = 8/3·C rounded to 64.")
+    d_ff: int | None = Field(None, description="MLP hidden size; None = 8/3·C rounded up to 64 (swiglu) or 4·C (relu2).")
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability (0 = off).")
+    mlp: MlpChoice = Field("swiglu", description="MLP: swiglu (Llama: down(silu(gate x) * up x)) | relu2 (down(relu(up x)²)).")
+    qk_norm: bool = Field(False, description="RMSNorm each head's queries and keys before RoPE (Qwen3, modded-nanogpt).")
+    tie_embeddings: bool = Field(True, description="The LM head is the token embedding (one V×C matrix).")
+    logit_softcap: float | None = Field(None, gt=0, description="Logits become cap·tanh(logits/cap) (Gemma 2, nanochat: 15); None = off.")
+    zero_init: bool = Field(False, description="Attention and MLP output projections (and an untied head) start at zero.")
+    norm_gains: bool = Field(True, description="RMSNorms carry a learned gain; false = parameter-free norms.")
+    embed_norm: bool = Field(False, description="RMSNorm the token embedding before the first block.")
 
     @property
     def head_dim(self) -> int:
@@ -73,9 +83,11 @@ class ModelSettings(_Section):
 
     @property
     def ffn_dim(self) -> int:
-        """The MLP's hidden size: d_ff, or SwiGLU's 8/3·C rounded up to a multiple of 64 (~4C² MLP params)."""
+        """The MLP's hidden size: d_ff, or what keeps ~8C² MLP parameters: SwiGLU 8/3·C rounded up to 64, relu2 4·C."""
         if self.d_ff is not None:
             return self.d_ff
+        if self.mlp == "relu2":
+            return 4 * self.n_embd
         return -(-8 * self.n_embd // (3 * 64)) * 64
 
     @property
@@ -160,18 +172,42 @@ class TokenizerSettings(_Section):
     vocab_size: int = Field(16384, ge=300, description="Vocabulary size to train.")
     sample_bytes: int = Field(20_000_000, gt=0, description="Training text taken per source (bytes).")
     seed: int = Field(0, description="Seed for the sample order and sentencepiece.")
+    sources: list[str] | None = Field(None, description="Sources the tokenizer trains on; None = every source the two mixes use.")
+
+    @field_validator("sources")
+    @classmethod
+    def _known_sources(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None:
+            check_mix({n: 1 / len(names) for n in names} if names else {}, ALL_SOURCES, "tokenizer.sources")
+        return names
 
 
 class TrainSettings(_Section):
     """One phase of training (pretrain or sft); both share the loop."""
 
-    lr: float = Field(6e-4, gt=0, description="Peak learning rate (after warmup).")
-    min_lr: float = Field(6e-5, ge=0, description="Learning rate at the end of the decay.")
-    warmup_steps: int = Field(200, ge=0, description="Optimizer steps of linear warmup from 0 to lr.")
-    total_steps: int = Field(5000, gt=0, description="Optimizer steps for this phase.")
+    optimizer: OptimizerChoice = Field("adamw", description="adamw: AdamW for every parameter | muon: Muon for the blocks' matrices, AdamW for the rest.")
+    lr: float = Field(6e-4, gt=0, description="AdamW learning rate of the blocks' matrices (optimizer=adamw).")
+    muon_lr: float = Field(0.02, gt=0, description="Muon learning rate of the blocks' matrices (optimizer=muon), ×√max(1, rows/cols) per matrix.")
+    embed_lr: float = Field(6e-4, gt=0, description="AdamW learning rate of the token embedding.")
+    head_lr: float = Field(6e-4, gt=0, description="AdamW learning rate of an untied LM head.")
+    scalar_lr: float = Field(6e-4, gt=0, description="AdamW learning rate of the norm gains.")
+    lr_scaling: bool = Field(False, description="Scale the learning rates, given for lr_ref_width and lr_ref_batch_tokens, to this model and batch (ngpt.train.optim.scaled_lrs).")
+    lr_ref_width: int = Field(128, gt=0, description="The model width C the learning rates are given for (with lr_scaling).")
+    lr_ref_batch_tokens: int = Field(4096, gt=0, description="The tokens per optimizer step the learning rates are given for (with lr_scaling).")
+    muon_ns_steps: int = Field(5, gt=0, le=20, description="Newton-Schulz iterations Muon orthogonalises each update with.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas (every AdamW group).")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon's Nesterov momentum after its warmup.")
+    muon_momentum_start: float = Field(0.85, ge=0, lt=1, description="Muon's momentum at step 0, rising linearly to muon_momentum.")
+    muon_momentum_warmup_steps: int = Field(300, ge=0, description="Steps over which Muon's momentum rises (0 = none).")
+    schedule: ScheduleChoice = Field("cosine", description="cosine: warmup, cosine decay | wsd: warmup, stable, linear warmdown.")
+    warmup_steps: int = Field(200, ge=0, description="Optimizer steps of linear warmup from 0 to the peak learning rates.")
+    warmdown_frac: float = Field(0.7, gt=0, le=1, description="wsd: the share of the budget at the end spent decaying to final_lr_frac.")
+    final_lr_frac: float = Field(0.1, ge=0, le=1, description="Learning rate at the end of the budget, as a fraction of each group's peak.")
+    total_steps: int = Field(5000, gt=0, description="Optimizer steps for this phase (with max_tokens and max_time: whichever ends first).")
     micro_batch: int = Field(8, gt=0, description="Sequences per forward pass (micro_B).")
     accum_steps: int = Field(4, gt=0, description="Micro-batches per optimizer step.")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay, on matrices only.")
+    weight_decay: float = Field(0.1, ge=0, description="Weight decay of the blocks' matrices and the embedding/head (AdamW and Muon alike).")
     grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
     eval_every: int = Field(250, gt=0, description="Measure the val losses every this many steps.")
     eval_batches: int = Field(20, gt=0, description="Micro-batches per val loss.")
@@ -191,6 +227,13 @@ class TrainSettings(_Section):
     def _duration(cls, value: str | None) -> str | None:
         parse_duration(value)  # a bad duration fails at settings load, not when training starts
         return value
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"adam_betas={list(betas)}: each must be in [0, 1), e.g. [0.9, 0.95]")
+        return betas
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -212,7 +255,8 @@ def format_duration(seconds: float) -> str:
 
 
 def _sft_defaults() -> TrainSettings:
-    return TrainSettings(lr=1e-4, min_lr=1e-5, warmup_steps=50, total_steps=1000, eval_every=100, ckpt_every=200)
+    return TrainSettings(lr=1e-4, embed_lr=1e-4, head_lr=1e-4, scalar_lr=1e-4, warmup_steps=50, total_steps=1000,
+                         eval_every=100, ckpt_every=200)
 
 
 class GenerationSettings(_Section):

@@ -232,8 +232,8 @@ def take_sample(source: str, texts: Iterable[tuple[str, str]], max_bytes: int, o
 
 
 def configured_sources(settings: Settings) -> list[str]:
-    """Sources the mixes use, in canonical order (pretrain first): what the tokenizer must cover."""
-    used = set(settings.data.mix_pretrain) | set(settings.data.mix_sft)
+    """tokenizer.sources, or the sources the mixes use, in canonical order (pretrain first): what the tokenizer covers."""
+    used = set(settings.tokenizer.sources or ()) or set(settings.data.mix_pretrain) | set(settings.data.mix_sft)
     return [name for name in PRETRAIN_SOURCES + SFT_SOURCES if name in used]
 
 

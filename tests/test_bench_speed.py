@@ -22,7 +22,7 @@ from ngpt.bench.speed import (
     TrainStep,
     build_ngpt,
     build_transformers_llama,
-    llama_config,
+    transformers_config,
     synthetic_batch,
 )
 from ngpt.cli.bench import app
@@ -31,7 +31,7 @@ from ngpt.engine import Engine
 from ngpt.inference import NO_AUTOCAST, choose_weights, prepare_for_decoding
 from ngpt.sampling import SamplingParams
 from ngpt.model import GPT
-from ngpt.settings import ModelSettings
+from ngpt.settings import ModelSettings, TrainSettings
 
 TINY = ["--vocab-size", "97", "--seq-len", "16", "--n-embd", "32", "--n-layer", "2", "--n-head", "4"]
 FAST = ["--micro-b", "2", "--warmup-steps", "1", "--steps", "1", "--device", "cpu", "--amp", "false"]
@@ -84,7 +84,7 @@ def test_matmul_peak_is_positive(dtype):
 
 
 def test_train_step_updates_the_model():
-    plan = tiny_plan(lr=1e-2, weight_decay=0.0)
+    plan = tiny_plan(optim=TrainSettings(lr=1e-2, embed_lr=1e-2, weight_decay=0.0))
     model = build_ngpt(plan)
     idx, targets = synthetic_batch(97, 2, 16, seed=0, device=plan.device)
     before = model.tok_emb.weight.detach().clone()
@@ -130,7 +130,7 @@ def test_transformers_llama_is_the_same_model():
 def test_compare_without_transformers_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
     with pytest.raises(RuntimeError, match="pip install transformers"):
-        llama_config(ModelSettings())
+        transformers_config(ModelSettings())
     result = CliRunner().invoke(app, ["speed", "--train", *TINY, *FAST, "--compare", "transformers"])
     assert isinstance(result.exception, RuntimeError) and "--compare transformers" in str(result.exception)
 

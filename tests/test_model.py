@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ngpt.export.hf import hf_state_dict, llama_fields
+from ngpt.export.hf import hf_fields, hf_state_dict
 from ngpt.kernels.attention import matmul_causal_attention
 from ngpt.model import GPT, apply_rope, rope_tables
 from ngpt.settings import ModelSettings
@@ -220,8 +220,8 @@ def test_matches_hf_llama_logits():
     transformers = pytest.importorskip("transformers")
     cfg = tiny_cfg(seq_len=64, norm_eps=1e-5, rope_theta=10000.0)
     model = tiny_model().eval()
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**llama_fields(cfg))).eval()
-    sd = hf_state_dict(model.state_dict(), cfg.n_layer, torch.float32)  # the renames the model docstring lists
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**hf_fields(cfg))).eval()
+    sd = hf_state_dict(model.state_dict(), cfg, torch.float32)  # the renames the model docstring lists
     missing, unexpected = hf.load_state_dict(sd, strict=False)
     assert not unexpected
     assert set(missing) <= {"lm_head.weight"}

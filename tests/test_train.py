@@ -16,12 +16,12 @@ import torch
 
 from fixtures import ngpt_cli, write_workspace
 from ngpt.model import GPT
-from ngpt.settings import ModelSettings, load_settings
+from ngpt.settings import ModelSettings, TrainSettings, load_settings
 from ngpt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ngpt.train.loop import TrainingDiverged, run_phase
 from ngpt.train.optim import make_optimizer
 from ngpt.metrics import METRIC_KEYS, read_metrics
-from ngpt.train.schedule import lr_at_step
+from ngpt.train.schedule import budget_progress, lr_factor, muon_momentum
 
 TINY_MODEL = {"vocab_size": 384, "seq_len": 32, "n_embd": 32, "n_layer": 2, "n_head": 2}
 PHASE = {"micro_batch": 2, "accum_steps": 2, "eval_every": 3, "ckpt_every": 3, "eval_batches": 2,
@@ -44,21 +44,42 @@ def settings_for(config: Path, tmp_path: Path, **phase_overrides):
 # ---------------------------------------------------------------- units
 
 
-def test_lr_schedule_contract():
-    kw = dict(base_lr=1e-3, warmup_steps=10, min_lr=1e-4)
-    lrs = [lr_at_step(s, 100, **kw) for s in range(101)]
-    assert lrs[0] == 0.0
-    assert lrs[10] == pytest.approx(1e-3)
-    assert lrs[100] == pytest.approx(1e-4) and lrs[99] == pytest.approx(1e-4, rel=1e-2)
-    assert all(a < b for a, b in zip(lrs[:10], lrs[1:11]))  # warmup rises
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine falls
-    assert lr_at_step(500, 100, **kw) == pytest.approx(1e-4)  # clamped after the end
+def test_cosine_schedule_contract():
+    cfg = TrainSettings(schedule="cosine", warmup_steps=10, total_steps=100, final_lr_frac=0.1)
+    f = [lr_factor(s, budget_progress(s, 0, 0.0, cfg), cfg) for s in range(101)]
+    assert f[0] == 0.0 and f[10] == pytest.approx(0.5 * 0.9 * (1 + math.cos(math.pi * 0.1)) + 0.1)
+    assert f[100] == pytest.approx(0.1) and f[99] == pytest.approx(0.1, rel=1e-2)
+    assert all(a < b for a, b in zip(f[:10], f[1:11]))  # warmup rises
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # cosine falls
+    assert budget_progress(500, 0, 0.0, cfg) == 1.0  # clamped after the end
+
+
+@pytest.mark.parametrize("budget", ["steps", "tokens", "time"])
+def test_wsd_schedule_follows_whichever_budget_ends_first(budget):
+    """Warmup, stable at 1, then a linear warmdown over the last 40 % of the budget, reaching final_lr_frac at its end."""
+    limits = {"steps": {}, "tokens": {"max_tokens": 1000}, "time": {"max_time": "50s"}}[budget]
+    cfg = TrainSettings(schedule="wsd", warmup_steps=5, warmdown_frac=0.4, final_lr_frac=0.0, total_steps=10**6, **limits)
+    if budget == "steps":
+        cfg = cfg.model_copy(update={"total_steps": 100})
+    # the run's clocks at step s: 10 tokens and 0.5 s per step, so each budget ends at step 100
+    progress = [budget_progress(s, 10 * s, 0.5 * s, cfg) for s in range(101)]
+    f = [lr_factor(s, p, cfg) for s, p in zip(range(101), progress)]
+    assert progress[100] == 1.0 and progress[50] == pytest.approx(0.5)
+    assert f[0] == 0.0 and all(x == 1.0 for x in f[5:61])  # stable until 60 % of the budget
+    assert f[80] == pytest.approx(0.5) and f[100] == 0.0  # halfway down, then final_lr_frac when the budget ends
+    assert all(a >= b for a, b in zip(f[60:], f[61:]))
+
+
+def test_muon_momentum_warms_up_linearly():
+    cfg = TrainSettings(muon_momentum_start=0.85, muon_momentum=0.95, muon_momentum_warmup_steps=300)
+    assert muon_momentum(0, cfg) == 0.85 and muon_momentum(150, cfg) == pytest.approx(0.90)
+    assert muon_momentum(300, cfg) == muon_momentum(10**6, cfg) == 0.95
 
 
 def test_checkpoint_round_trip_is_exact(tmp_path):
     torch.manual_seed(0)
     model = GPT(ModelSettings(**TINY_MODEL))
-    opt = make_optimizer(model, lr=1e-3, weight_decay=0.1, device=torch.device("cpu"))
+    opt = make_optimizer(model, TrainSettings(lr=1e-3), model.cfg, torch.device("cpu"), 64)
     x = torch.randint(0, 384, (2, 32))
     model(x, x)[1].backward()
     opt.step()
@@ -69,7 +90,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
         assert torch.equal(v, state["model"][k]), k
     model2 = GPT(ModelSettings(**TINY_MODEL))
     model2.load_state_dict(state["model"])
-    opt2 = make_optimizer(model2, lr=1e-3, weight_decay=0.1, device=torch.device("cpu"))
+    opt2 = make_optimizer(model2, TrainSettings(lr=1e-3), model2.cfg, torch.device("cpu"), 64)
     opt2.load_state_dict(state["optimizer"])
     for (a, b) in zip(opt.state.values(), opt2.state.values()):
         assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
@@ -199,10 +220,12 @@ def _train_losses(run_dir_root: Path) -> dict[int, float]:
     return {r["step"]: r["train_loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "train_loss" in r}
 
 
-def test_kill_9_then_resume_continues_exactly(workspace, tmp_path):
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_kill_9_then_resume_continues_exactly(workspace, tmp_path, optimizer):
     """A run killed with SIGKILL and resumed logs the very same losses as an uninterrupted one (CPU fp32)."""
     steps = 120
-    phase = {**PHASE, "total_steps": steps, "ckpt_every": 5, "eval_every": 1000, "accum_steps": 1, "micro_batch": 1}
+    phase = {**PHASE, "total_steps": steps, "ckpt_every": 5, "eval_every": 1000, "accum_steps": 1, "micro_batch": 1,
+             "optimizer": optimizer, "schedule": "wsd", "muon_momentum_warmup_steps": 50}
 
     def config(name: str) -> Path:
         cfg = json.loads(workspace.read_text())
@@ -264,6 +287,14 @@ def test_ddp_two_processes_on_cpu_match_single_process(workspace, tmp_path):
     first = next(r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "tokens" in r)
     assert first["step"] == 1 and first["tokens"] == 2 * 2 * 2 * 32  # micro_B × accum × world × T: the global batch
     assert math.isfinite(b[30])
+
+
+def test_resuming_with_another_optimizer_fails_before_step_0_naming_the_key(workspace, tmp_path):
+    first = settings_for(workspace, tmp_path, total_steps=3, ckpt_every=3, eval_every=3)
+    run_phase(first, "pretrain", show=False)
+    other = settings_for(workspace, tmp_path, total_steps=6, optimizer="muon")
+    with pytest.raises(CheckpointError, match=r"pretrain\.optimizer=adamw.*muon.*--no-resume"):
+        run_phase(other, "pretrain", show=False)
 
 
 def test_parse_duration():

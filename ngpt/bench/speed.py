@@ -7,7 +7,7 @@ tokenizer is needed. Warm-up steps (allocator, kernel selection, compilation) ar
 device is synchronised around every timed step. MFU is measured against a matmul peak taken on the
 spot (ngpt.device.measure_matmul_peak).
 
-`compare="transformers"` builds `LlamaForCausalLM` of the same shapes (V, T, C, L, H, d_ff, tied
+`compare="transformers"` builds the transformers model of the same architecture (ngpt.export.hf: Llama, Qwen3 or Arcee) and shapes (V, T, C, L, H, d_ff, tied
 embeddings, rope_theta, rms_norm_eps, no biases, SDPA attention), trains it with the same AdamW
 groups, clipping and autocast, and times the two models step by step in alternation, so a noisy
 neighbour slows both alike. Both models sit in memory together.
@@ -39,11 +39,11 @@ import torch
 from torch import Tensor, nn
 
 from ngpt.device import DTYPES, MatmulPeak, Precision, device_name, dtype_name, measure_matmul_peak, synchronize
-from ngpt.export.hf import llama_fields
+from ngpt.export.hf import hf_fields, hf_model_type
 from ngpt.inference import NO_AUTOCAST, WEIGHT_LABELS, prepare_for_decoding
 from ngpt.kernels.memory import retain_freed_memory
 from ngpt.model import GPT, param_count
-from ngpt.settings import ModelSettings, SpeedCompare
+from ngpt.settings import ModelSettings, SpeedCompare, TrainSettings
 from ngpt.train.optim import make_optimizer
 from ngpt.train.step import autocast_factory, optimizer_step
 
@@ -76,19 +76,18 @@ class SpeedPlan:
     device: torch.device
     precision: Precision
     micro_b: int = 4
+    accum_steps: int = 1  # micro-batches per timed optimizer step (the optimizer's own cost is per step)
     warmup_steps: int = 2
     steps: int = 5
     activation_checkpointing: bool = False
     compile: bool = False
-    lr: float = 6e-4
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    optim: TrainSettings = field(default_factory=TrainSettings)  # optimizer, lrs, clipping: what training steps with
     seed: int = 1337
     compare: str | None = None  # None or one of COMPARE_CHOICES
 
     @property
     def tokens_per_step(self) -> int:
-        return self.micro_b * self.model.seq_len
+        return self.micro_b * self.model.seq_len * self.accum_steps
 
     @property
     def peak_dtype(self) -> torch.dtype:
@@ -151,7 +150,8 @@ class TrainSpeedReport:
         out = {
             "mode": "train",
             "config": {
-                **model_dims(p.model), "micro_b": p.micro_b, "tokens_per_step": p.tokens_per_step,
+                **model_dims(p.model), "micro_b": p.micro_b, "accum_steps": p.accum_steps,
+                "tokens_per_step": p.tokens_per_step, "optimizer": p.optim.optimizer,
                 "warmup_steps": p.warmup_steps, "steps": p.steps,
                 "activation_checkpointing": p.activation_checkpointing, "compile": p.compile,
             },
@@ -185,15 +185,16 @@ class TrainStep:
     def __init__(self, model: nn.Module, loss_fn: Callable[[], Tensor], plan: SpeedPlan) -> None:
         self.loss_fn = loss_fn
         self.autocast = autocast_factory(plan.device, plan.precision)
-        self.grad_clip = plan.grad_clip
+        self.grad_clip, self.accum_steps = plan.optim.grad_clip, plan.accum_steps
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.opt = make_optimizer(model, lr=plan.lr, weight_decay=plan.weight_decay, device=plan.device)
+        self.opt = make_optimizer(model, plan.optim, plan.model, plan.device, plan.tokens_per_step)
         self.scaler = torch.amp.GradScaler(plan.device.type) if plan.precision.use_grad_scaler else None
 
     def __call__(self) -> None:
-        with self.autocast():
-            loss = self.loss_fn()
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        for _ in range(self.accum_steps):
+            with self.autocast():
+                loss = self.loss_fn() / self.accum_steps
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
         optimizer_step(self.opt, self.params, scaler=self.scaler, grad_clip=self.grad_clip)
 
 
@@ -220,25 +221,25 @@ def build_ngpt(plan: SpeedPlan) -> GPT:
     return model
 
 
-def llama_config(cfg: ModelSettings):
-    """transformers' LlamaConfig with exactly ngpt's shapes (raises RuntimeError without transformers)."""
+def transformers_config(cfg: ModelSettings):
+    """The transformers config of exactly ngpt's model (Llama, Qwen3 or Arcee: ngpt.export.hf; RuntimeError without transformers)."""
     try:
-        from transformers import LlamaConfig
+        from transformers import AutoConfig
     except ImportError as e:
         raise RuntimeError(
             "--compare transformers needs the `transformers` package, which is not importable here "
             f"({e}). Install it (pip install transformers) or drop --compare."
         ) from None
     # use_cache off: training builds no KV cache in forward, as in ngpt
-    return LlamaConfig(**llama_fields(cfg), use_cache=False, attn_implementation="sdpa")
+    return AutoConfig.for_model(hf_model_type(cfg), **hf_fields(cfg), use_cache=False, attn_implementation="sdpa")
 
 
 def build_transformers_llama(plan: SpeedPlan) -> nn.Module:
-    config = llama_config(plan.model)  # first: it turns a missing transformers into a readable error
-    from transformers import LlamaForCausalLM
+    config = transformers_config(plan.model)  # first: it turns a missing transformers into a readable error
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(plan.seed)
-    model = LlamaForCausalLM(config).to(device=plan.device, dtype=torch.float32).train()
+    model = AutoModelForCausalLM.from_config(config).to(device=plan.device, dtype=torch.float32).train()
     if plan.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
@@ -408,12 +409,12 @@ class DecodeSpeedReport:
 
 def build_transformers_generator(plan: DecodePlan, prompt: Tensor) -> Callable[[int], None]:
     """transformers' Llama of the plan's shapes in plan.transformers_dtype; the callable generates n greedy tokens."""
-    config = llama_config(plan.model)  # first: it turns a missing transformers into a readable error
-    from transformers import GenerationConfig, LlamaForCausalLM
+    config = transformers_config(plan.model)  # first: it turns a missing transformers into a readable error
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
-    config.use_cache = True  # llama_config is for training; generation uses its KV cache
+    config.use_cache = True  # transformers_config is for training; generation uses its KV cache
     torch.manual_seed(plan.seed)
-    model = LlamaForCausalLM(config).to(device=plan.device, dtype=plan.transformers_dtype).eval()
+    model = AutoModelForCausalLM.from_config(config).to(device=plan.device, dtype=plan.transformers_dtype).eval()
     # No eos id: like ours, every run makes exactly n tokens (and no min-length processor is needed).
     model.generation_config = GenerationConfig(do_sample=False, pad_token_id=0, eos_token_id=None, use_cache=True)
     mask = torch.ones_like(prompt)

@@ -22,9 +22,10 @@ import typer
 from rich.table import Table
 
 from ngpt.cli.common import CkptOpt, ConfigOpt, PrintConfigOpt, ThreadsOpt, WeightFormatEnum, resolve_settings, setting_help
+from ngpt.cli.learn import learn as learn_cmd
 from ngpt.cli.sweep import sweep as sweep_cmd
 from ngpt.console import console, error_panel, kv_table, table
-from ngpt.settings import AmpChoice, AmpDtypeChoice, SpeedCompare, WeightFormat
+from ngpt.settings import AmpChoice, AmpDtypeChoice, OptimizerChoice, SpeedCompare, WeightFormat
 
 if TYPE_CHECKING:
     from ngpt.bench.speed import DecodePlan, DecodeSpeedReport, SpeedPlan, TrainSpeedReport
@@ -50,7 +51,9 @@ def speed(
     n_head: Annotated[Optional[int], typer.Option(help=setting_help("model.n_head"))] = None,
     device: Annotated[Optional[str], typer.Option(help=setting_help("pretrain.device"))] = None,
     threads: ThreadsOpt = None,
-    micro_b: Annotated[Optional[int], typer.Option(min=1, help="--train: sequences per step (micro_B) [default 4].")] = None,
+    micro_b: Annotated[Optional[int], typer.Option(min=1, help="--train: sequences per micro-batch (micro_B) [default 4].")] = None,
+    accum_steps: Annotated[Optional[int], typer.Option(min=1, help="--train: micro-batches per timed optimizer step [default 1].")] = None,
+    optimizer: Annotated[Optional[OptimizerChoice], typer.Option(help="--train: " + setting_help("pretrain.optimizer"))] = None,
     amp: Annotated[Optional[AmpChoice], typer.Option(help="--train: " + setting_help("pretrain.amp"))] = None,
     amp_dtype: Annotated[
         Optional[AmpDtypeChoice], typer.Option(help="--train: " + setting_help("pretrain.amp_dtype"))
@@ -84,6 +87,7 @@ def speed(
         "pretrain": {
             "amp": amp,
             "amp_dtype": amp_dtype,
+            "optimizer": optimizer,
             "device": device,
             "activation_checkpointing": activation_checkpointing,
             "compile": compile,
@@ -94,7 +98,7 @@ def speed(
         error_panel("Say what to time, one at a time: --train (full training steps) or --decode (generation).",
                     "no mode" if not train else "two modes")
         raise typer.Exit(2)
-    train_only = {"--micro-b": micro_b, "--amp": amp, "--amp-dtype": amp_dtype, "--warmup-steps": warmup_steps,
+    train_only = {"--micro-b": micro_b, "--accum-steps": accum_steps, "--optimizer": optimizer, "--amp": amp, "--amp-dtype": amp_dtype, "--warmup-steps": warmup_steps,
                   "--steps": steps, "--activation-checkpointing": activation_checkpointing, "--compile": compile}
     decode_only = {"--precision": precision, "--prompt-tokens": prompt_tokens, "--new-tokens": new_tokens,
                    "--repeats": repeats, "--uncached": uncached}
@@ -131,8 +135,8 @@ def speed(
         plan = SpeedPlan(
             model=s.model, device=dev, precision=resolve_precision(dev, t.amp, t.amp_dtype), micro_b=micro_b or 4,
             warmup_steps=2 if warmup_steps is None else warmup_steps, steps=steps or 5,
-            activation_checkpointing=t.activation_checkpointing, compile=t.compile, lr=t.lr,
-            weight_decay=t.weight_decay, grad_clip=t.grad_clip, seed=t.seed, compare=compare,
+            activation_checkpointing=t.activation_checkpointing, compile=t.compile, optim=t,
+            accum_steps=accum_steps or 1, seed=t.seed, compare=compare,
         )
         console.print(plan_table(plan))
         with console.status(f"measuring the matmul peak, then timing {plan.warmup_steps} + {plan.steps} steps"):
@@ -153,6 +157,8 @@ def plan_table(plan: SpeedPlan) -> Table:
         "dims": m.dims_label,
         "params": param_count(m),
         "micro_B": plan.micro_b,
+        "accum_steps": plan.accum_steps,
+        "optimizer": plan.optim.optimizer,
         "tokens per step": plan.tokens_per_step,
         "steps": f"{plan.warmup_steps} warm-up (discarded) + {plan.steps} timed",
         "activation checkpointing": plan.activation_checkpointing,
@@ -255,3 +261,4 @@ def quality(
 
 
 app.command("sweep")(sweep_cmd)
+app.command("learn")(learn_cmd)

@@ -1,4 +1,4 @@
-"""Export a checkpoint to a Hugging Face transformers folder: LlamaForCausalLM weights + its tokenizer.
+"""Export a checkpoint to a Hugging Face transformers folder: Llama (or Qwen3 / Arcee) weights + its tokenizer.
 
     ngpt export hf --ckpt checkpoints/best.pt --out exports/my-model
 
@@ -7,7 +7,10 @@
     tok = AutoTokenizer.from_pretrained("exports/my-model")
     ids = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
 
-The folder holds config.json (LlamaForCausalLM, tied embeddings), model.safetensors,
+The architecture is the transformers one that computes exactly ngpt's function for the checkpoint's
+options (hf_model_type): LlamaForCausalLM; Qwen3ForCausalLM with model.qk_norm (per-head q/k RMSNorm
+before RoPE); ArceeForCausalLM with model.mlp=relu2. An option none of them expresses (logit soft-cap,
+QK-norm together with ReLU²) is refused by name. The folder holds config.json, model.safetensors,
 generation_config.json (eos = <|eot|>, sampling defaults from the checkpoint's settings),
 tokenizer.model (the sentencepiece file itself), tokenizer.json, tokenizer_config.json (with a
 chat_template that renders ngpt's template), special_tokens_map.json.
@@ -38,12 +41,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from ngpt.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from ngpt.device import DTYPES
 from ngpt.io_utils import atomic_write_bytes, atomic_write_text, replace_dir, temp_dir_for
 from ngpt.settings import SPECIAL_TOKENS, ModelSettings
 from ngpt.tokenizer import SPACE_MARK, Tokenizer
-from ngpt.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-from ngpt.device import DTYPES
 
 # --dtype takes torch's names, as transformers' config.json "dtype" does: float32, bfloat16, float16.
 HF_DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in DTYPES.values()}
@@ -76,32 +80,78 @@ class ExportResult:
 # Weights and config.
 
 
-def hf_state_dict(model_sd: dict[str, torch.Tensor], n_layer: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """ngpt parameter names → LlamaForCausalLM names (see ngpt/model.py); the tied head is stored once."""
+class ExportError(ValueError):
+    """The checkpoint uses an option the target format cannot express; the message names it."""
+
+
+# ngpt's options → the transformers architecture that computes exactly the same function.
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "arcee": "ArceeForCausalLM"}
+
+
+def hf_model_type(cfg: ModelSettings) -> str:
+    """llama (SwiGLU), qwen3 (SwiGLU + per-head QK RMSNorm before RoPE), arcee (ReLU², no gate); or ExportError."""
+    refused = []
+    if cfg.logit_softcap is not None:
+        refused.append(f"model.logit_softcap={cfg.logit_softcap:g}: no Llama, Qwen3 or Arcee config caps the logits")
+    if cfg.qk_norm and cfg.mlp == "relu2":
+        refused.append("model.qk_norm with model.mlp=relu2: Qwen3 has QK-norm but a SwiGLU MLP, Arcee ReLU² but no QK-norm")
+    if refused:
+        raise ExportError("this checkpoint cannot be exported to transformers: " + "; ".join(refused)
+                          + ". Train with those options off to share the model in this format.")
+    return "qwen3" if cfg.qk_norm else "arcee" if cfg.mlp == "relu2" else "llama"
+
+
+def hf_tied(cfg: ModelSettings) -> bool:
+    """Whether the export ties its head to its embedding: a normalised embedding is folded into the table, so not then."""
+    return cfg.tie_embeddings and not cfg.embed_norm
+
+
+def hf_state_dict(model_sd: dict[str, torch.Tensor], cfg: ModelSettings, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """ngpt parameter names → the transformers names (see ngpt/model.py); a tied head is stored once.
+
+    Parameter-free norms become gains of ones; an embedding RMSNorm is applied to the table itself
+    (each row is one token's input vector, so normalising the rows once is exact).
+    """
+    sd = dict(model_sd)
+    head = sd.pop("lm_head.weight", None)
+    if cfg.tie_embeddings and head is not None and not torch.equal(head, sd["tok_emb.weight"]):
+        raise CheckpointError("the checkpoint's lm_head differs from its embedding, but model.tie_embeddings is true")
+    if not cfg.tie_embeddings and head is None:
+        raise CheckpointError("model.tie_embeddings is false but the checkpoint has no lm_head.weight")
+    ones = torch.ones(cfg.n_embd)
     names = {"tok_emb.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
-    for i in range(n_layer):
+    for i in range(cfg.n_layer):
         ours, theirs = f"blocks.{i}.", f"model.layers.{i}."
         names[ours + "attn_norm.weight"] = theirs + "input_layernorm.weight"
         names[ours + "mlp_norm.weight"] = theirs + "post_attention_layernorm.weight"
         names.update({ours + f"attn.{p}.weight": theirs + f"self_attn.{p}_proj.weight" for p in "qkvo"})
-        names.update({ours + f"mlp.{p}.weight": theirs + f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")})
-    head = model_sd.get("lm_head.weight")
-    if head is not None and not torch.equal(head, model_sd["tok_emb.weight"]):
-        raise CheckpointError("the checkpoint's lm_head differs from its embedding; LlamaForCausalLM export expects them tied")
-    unknown = sorted(set(model_sd) - set(names) - {"lm_head.weight"})
-    missing = sorted(set(names) - set(model_sd))
+        names.update({ours + f"mlp.{p}.weight": theirs + f"mlp.{p}_proj.weight"
+                      for p in (("up", "down") if cfg.mlp == "relu2" else ("gate", "up", "down"))})
+        if cfg.qk_norm:
+            names.update({ours + f"attn.{p}_norm.weight": theirs + f"self_attn.{p}_norm.weight" for p in "qk"})
+    if not cfg.norm_gains:  # the norms' gains are ones
+        head_ones = torch.ones(cfg.head_dim)
+        sd.update({k: (head_ones if "attn.q_norm" in k or "attn.k_norm" in k else ones) for k in names if "norm" in k})
+    emb_gain = sd.pop("emb_norm.weight", None)
+    if cfg.embed_norm:
+        table = sd["tok_emb.weight"].float()
+        sd["tok_emb.weight"] = F.rms_norm(table, (cfg.n_embd,), None if emb_gain is None else emb_gain.float(), cfg.norm_eps)
+    unknown, missing = sorted(set(sd) - set(names)), sorted(set(names) - set(sd))
     if unknown or missing:
-        raise CheckpointError(f"checkpoint weights do not match an ngpt GPT: unknown {unknown[:5]}, missing {missing[:5]}")
-    # clone(): safetensors refuses tensors that share memory (the tied head) or are views.
-    return {names[k]: v.detach().to(dtype).contiguous().clone() for k, v in model_sd.items() if k in names}
+        raise CheckpointError(f"checkpoint weights do not match its model_config: unknown {unknown[:5]}, missing {missing[:5]}")
+    # clone(): safetensors refuses tensors that share memory (a tied head) or are views.
+    out = {names[k]: v.detach().to(dtype).contiguous().clone() for k, v in sd.items()}
+    if not hf_tied(cfg):
+        out["lm_head.weight"] = (model_sd["tok_emb.weight"] if head is None else head).detach().to(dtype).contiguous().clone()
+    return out
 
 
-def llama_fields(cfg: ModelSettings) -> dict:
-    """The LlamaConfig fields that make transformers' LlamaForCausalLM exactly this model's shape.
+def hf_fields(cfg: ModelSettings) -> dict:
+    """The config fields that make the transformers model (hf_model_type) exactly this model's shape.
 
     Shared by config.json and the speed benchmark's comparison model (ngpt.bench.speed).
     """
-    return {
+    fields = {
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.n_embd,
         "intermediate_size": cfg.ffn_dim,
@@ -112,20 +162,26 @@ def llama_fields(cfg: ModelSettings) -> dict:
         "max_position_embeddings": cfg.seq_len,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
-        "hidden_act": "silu",
-        "tie_word_embeddings": True,
+        "hidden_act": "relu2" if cfg.mlp == "relu2" else "silu",
+        "tie_word_embeddings": hf_tied(cfg),
         "attention_bias": False,
-        "mlp_bias": False,
         "attention_dropout": 0.0,
     }
+    model_type = hf_model_type(cfg)
+    if model_type != "qwen3":  # Qwen3 has no MLP bias field; the others' default is false anyway
+        fields["mlp_bias"] = False
+    else:
+        fields |= {"use_sliding_window": False, "sliding_window": None}
+    return fields
 
 
 def hf_config(cfg: ModelSettings, tok: Tokenizer, dtype: str) -> dict:
-    """config.json for LlamaForCausalLM (both the transformers 5 rope_parameters and the older rope_theta)."""
+    """config.json (both the transformers 5 rope_parameters and the older rope_theta)."""
+    model_type = hf_model_type(cfg)
     return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        **llama_fields(cfg),
+        "architectures": [ARCHITECTURES[model_type]],
+        "model_type": model_type,
+        **hf_fields(cfg),
         "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
         "rope_scaling": None,
         "initializer_range": 0.02,
@@ -260,7 +316,7 @@ def write_hf_folder(state: dict, out_dir: Path, dtype: str = "float32") -> int:
     tok = Tokenizer("checkpoint#tokenizer", proto=proto)
     check_lossless(tok)
     cfg = ModelSettings(**state["model_config"])
-    weights = hf_state_dict(state["model"], cfg.n_layer, HF_DTYPES[dtype])
+    weights = hf_state_dict(state["model"], cfg, HF_DTYPES[dtype])
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})  # callers write to a fresh temp dir
     atomic_write_text(out_dir / "config.json", _json(hf_config(cfg, tok, dtype)))

@@ -35,7 +35,8 @@ def block_rows(vocab_size: int) -> int:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, compute_dtype: torch.dtype, grad_mode: bool) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, targets: Tensor, compute_dtype: torch.dtype, grad_mode: bool,
+                cap: float | None) -> Tensor:
         # needs_input_grad says requires_grad, not whether grad mode was on at the call (it is off in here)
         want_x, want_w = grad_mode and ctx.needs_input_grad[0], grad_mode and ctx.needs_input_grad[1]
         w = weight.to(compute_dtype)
@@ -53,7 +54,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
             tb = targets[start : start + rows]
             valid = tb != IGNORE_INDEX
             safe = tb.clamp(min=0)  # ignored rows still index something; their terms are zeroed below
-            logp = torch.log_softmax(matmul_nt(xb, w).to(acc), dim=-1)  # (rows, V)
+            z = matmul_nt(xb, w).to(acc)  # (rows, V)
+            if cap is not None:  # logits = cap·tanh(z/cap), so d logits/dz = 1 − tanh²
+                tanh = torch.tanh(z.div_(cap))
+                z = tanh * cap
+            logp = torch.log_softmax(z, dim=-1)
             total -= (logp.gather(1, safe[:, None]).squeeze(1) * valid).sum()
             if want_x or want_w:
                 # d(sum of row losses)/d logits = softmax − one-hot(target), on labelled rows only
@@ -61,6 +66,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 grad[torch.arange(grad.size(0), device=grad.device), safe] -= 1
                 if not all_labelled:
                     grad.masked_fill_(~valid[:, None], 0)
+                if cap is not None:
+                    grad.mul_(1 - tanh.square_())
                 grad = grad.to(compute_dtype)
                 if want_x:
                     grad_x[start : start + rows] = matmul_nt(grad, w.t())  # grad @ w
@@ -83,14 +90,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
-def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor, softcap: float | None = None) -> Tensor:
     """Mean cross entropy of logits x @ weightᵀ against targets over labelled rows (IGNORE_INDEX skipped).
 
     x (N, C), weight (V, C), targets (N,) int64. Equals `F.cross_entropy(x @ weight.T, targets,
-    ignore_index=-100)` (in fp32 softmax) without ever holding the (N, V) logits.
+    ignore_index=-100)` (in fp32 softmax) without ever holding the (N, V) logits. softcap: the logits
+    are cap·tanh(logits/cap) first (ngpt.kernels.lm_loss.softcap).
     """
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
@@ -99,4 +108,4 @@ def linear_cross_entropy(x: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
         compute_dtype = torch.promote_types(x.dtype, weight.dtype)
     # The function casts by itself; autocast around it would recast what it already cast.
     with torch.autocast(device_type, enabled=False):
-        return _LinearCrossEntropy.apply(x, weight, targets, compute_dtype, torch.is_grad_enabled())
+        return _LinearCrossEntropy.apply(x, weight, targets, compute_dtype, torch.is_grad_enabled(), softcap)

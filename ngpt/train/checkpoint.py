@@ -76,7 +76,8 @@ class CheckpointManager:
 
 
 
-def checkpoint_state(model, optimizer, scaler, step, batches, settings, raw_overrides, tok, phase, run_id, best_val, tokens_seen) -> dict:
+def checkpoint_state(model, optimizer, scaler, step, batches, settings, raw_overrides, tok, phase, run_id, best_val,
+                     tokens_seen, elapsed_s=0.0) -> dict:
     """Everything a resumed run needs to continue exactly, and an inference load needs to stand alone."""
     return {
         "version": CHECKPOINT_VERSION,
@@ -85,6 +86,7 @@ def checkpoint_state(model, optimizer, scaler, step, batches, settings, raw_over
         "model": model.state_dict(),
         "model_config": settings.model.model_dump(mode="json"),
         "optimizer": optimizer.state_dict(),
+        "optimizer_kind": getattr(settings, phase).optimizer,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_state(),
         "sampler": batches.state_dict(),
@@ -95,6 +97,7 @@ def checkpoint_state(model, optimizer, scaler, step, batches, settings, raw_over
         "run_id": run_id,
         "best_val": best_val,
         "tokens_seen": tokens_seen,
+        "elapsed_s": elapsed_s,  # the phase's wall time so far: a resumed time budget continues from it
     }
 
 

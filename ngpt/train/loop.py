@@ -38,13 +38,13 @@ from ngpt.tokenizer import Tokenizer
 from ngpt.train import distributed
 from ngpt.train.checkpoint import CheckpointManager, checkpoint_state, resolve_resume, set_rng_state
 from ngpt.train.evaluate import eval_losses
-from ngpt.train.optim import make_optimizer
+from ngpt.train.optim import make_optimizer, scaled_lrs, set_group_lrs, set_muon_momentum
 from ngpt.train.plan import TrainingPlan, print_plan
 from ngpt.train.preflight import check_before_training
 from ngpt.train.progress import TrainProgress
 from ngpt.metrics import MetricsLog
 from ngpt.train.report import write_report
-from ngpt.train.schedule import lr_at_step
+from ngpt.train.schedule import budget_progress, lr_factor, muon_momentum
 from ngpt.train.step import accumulate_gradients, autocast_factory, optimizer_step
 
 EVAL_SEED = 4242  # fixed: every evaluation sees the same held-out batches
@@ -100,6 +100,7 @@ def load_start_state(settings: Settings, phase: str, resume, no_resume: bool, in
     start.resume_path = resolve_resume(start.ckpts.dir, resume, no_resume)
     if start.resume_path is not None:
         start.resumed = _load_compatible(start.resume_path, settings, tok)
+        _check_same_optimizer(start.resumed, cfg, phase, start.resume_path)
     elif init_from is not None:
         start.init_from = Path(init_from)
         start.init_weights = _load_compatible(init_from, settings, tok)["model"]
@@ -112,6 +113,17 @@ def _load_compatible(path, settings: Settings, tok: Tokenizer) -> dict:
     if state["tokenizer_sha256"] != tok.sha256:
         raise CheckpointError(f"{path} was trained with tokenizer {state['tokenizer_sha256']}, current is {tok.sha256}.")
     return state
+
+
+def _check_same_optimizer(state: dict, cfg: TrainSettings, phase: str, path: Path) -> None:
+    """A resumed run continues the optimizer's state: it must be the same optimizer."""
+    saved = state.get("optimizer_kind", "adamw")  # checkpoints from before Muon were all AdamW
+    if saved != cfg.optimizer:
+        raise CheckpointError(
+            f"{path} was trained with {phase}.optimizer={saved}, the settings say {cfg.optimizer}: its optimizer state "
+            f"cannot continue another optimizer. Set {phase}.optimizer={saved} to resume, or start fresh with --no-resume "
+            f"(or --init-from {path} to keep only the weights)."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,9 +150,11 @@ class Trainer:
     plan: TrainingPlan
     raw_overrides: dict
     tokens_per_step: int  # across ranks and micro-batches
+    peak_lrs: dict  # each param group's lr before the schedule (ngpt.train.optim.scaled_lrs)
     start_step: int = 0
     best_val: float = math.inf
     tokens_seen: int = 0
+    elapsed_s: float = 0.0  # wall time of the phase so far, over resumes: the time budget's clock
     autocast: Callable = field(init=False)
     eval_start: dict = field(init=False)
 
@@ -153,7 +167,7 @@ class Trainer:
     def save(self, step_done: int, best: bool = False) -> Path:
         st = checkpoint_state(self.model, self.optimizer, self.scaler, step_done, self.batches, self.settings,
                               self.raw_overrides, self.start.tok, self.phase, self.run_id,
-                              None if math.isinf(self.best_val) else self.best_val, self.tokens_seen)
+                              None if math.isinf(self.best_val) else self.best_val, self.tokens_seen, self.elapsed_s)
         return self.start.ckpts.save_best(st) if best else self.start.ckpts.save_periodic(step_done, st)
 
     def evaluate(self) -> dict:
@@ -177,10 +191,11 @@ def build(settings: Settings, phase: str, start: StartState, info, device, preci
     np.random.seed(cfg.seed + info.rank)
     model = GPT(settings.model).to(device)
     model.activation_checkpointing = cfg.activation_checkpointing
-    optimizer = make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+    tokens_per_step = cfg.micro_batch * settings.model.seq_len * cfg.accum_steps * info.world_size
+    optimizer = make_optimizer(model, cfg, settings.model, device, tokens_per_step)
     scaler = torch.amp.GradScaler(device.type) if precision.use_grad_scaler else None
     batches = make_batches(settings, start.tok, phase, "train", cfg.micro_batch, cfg.seed, info.rank)
-    start_step, best_val, tokens_seen = 0, math.inf, 0
+    start_step, best_val, tokens_seen, elapsed_s = 0, math.inf, 0, 0.0
     run_id = run_id or time.strftime(f"%Y%m%d-%H%M%S-{phase}")
     if (state := start.resumed) is not None:
         model.load_state_dict(state["model"])
@@ -189,7 +204,7 @@ def build(settings: Settings, phase: str, start: StartState, info, device, preci
             scaler.load_state_dict(state["scaler"])
         batches.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
-        start_step, tokens_seen = state["step"], state["tokens_seen"]
+        start_step, tokens_seen, elapsed_s = state["step"], state["tokens_seen"], state.get("elapsed_s", 0.0)
         best_val = state["best_val"] if state["best_val"] is not None else math.inf
         run_id = state["run_id"]
     elif start.init_weights is not None:
@@ -203,11 +218,12 @@ def build(settings: Settings, phase: str, start: StartState, info, device, preci
     if start.have_sft_val:
         eval_sets["val_sft_loss"] = make_batches(settings, start.tok, "sft", "val", cfg.micro_batch, EVAL_SEED, 0)
     run_dir = Path(settings.runs_dir) / run_id
-    tokens_per_step = cfg.micro_batch * settings.model.seq_len * cfg.accum_steps * info.world_size
-    plan = TrainingPlan.build(settings, phase, device, precision, info, model, start.tok, tokens_per_step, start_step,
-                              start.resume_path, start.init_from, run_dir)
+    peak_lrs = scaled_lrs(cfg, settings.model, tokens_per_step)
+    plan = TrainingPlan.build(settings, phase, device, precision, info, model, start.tok, tokens_per_step, peak_lrs,
+                              start_step, start.resume_path, start.init_from, run_dir)
     return Trainer(settings, phase, cfg, info, device, precision, start, model, train_model, optimizer, scaler, batches,
-                   eval_sets, run_id, run_dir, plan, raw_overrides, tokens_per_step, start_step, best_val, tokens_seen)
+                   eval_sets, run_id, run_dir, plan, raw_overrides, tokens_per_step, peak_lrs, start_step, best_val,
+                   tokens_seen, elapsed_s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,14 +238,14 @@ def fit(t: Trainer, show: bool = True) -> PhaseResult:
         if show:
             print_plan(t.plan)
     log = MetricsLog(t.run_dir) if is_main else None
-    max_time = parse_duration(cfg.max_time)  # already validated at settings load
+    max_time = parse_duration(cfg.max_time)  # already validated at settings load; the clock runs over resumes
     flops_per_token = t.model.flops_per_token()
     peak = cached_matmul_peak(t.device, t.precision.dtype or torch.float32)
     params = [p for p in t.model.parameters() if p.requires_grad]
 
     latest_path = best_path = None
     last_metrics: dict = {}
-    t_start = time.perf_counter()
+    t_start = time.perf_counter() - t.elapsed_s
     progress = TrainProgress(cfg.total_steps, t.start_step, enabled=is_main and show)
     step = t.start_step
     t.train_model.train()
@@ -239,9 +255,10 @@ def fit(t: Trainer, show: bool = True) -> PhaseResult:
         distributed.barrier(info)
         while step < cfg.total_steps:
             t0 = time.perf_counter()
-            lr = lr_at_step(step, cfg.total_steps, base_lr=cfg.lr, warmup_steps=cfg.warmup_steps, min_lr=cfg.min_lr)
-            for group in t.optimizer.param_groups:
-                group["lr"] = lr
+            factor = lr_factor(step, budget_progress(step, t.tokens_seen, t0 - t_start, cfg), cfg)
+            set_group_lrs(t.optimizer, t.peak_lrs, factor)
+            set_muon_momentum(t.optimizer, muon_momentum(step, cfg))
+            lr = t.peak_lrs["matrices"] * factor
             loss_sum = accumulate_gradients(t.train_model, t.batches.next, accum_steps=cfg.accum_steps,
                                             autocast=t.autocast, scaler=t.scaler, device=t.device, ddp=info.enabled)
             train_loss = distributed.mean_across_ranks(loss_sum, info, t.device)
@@ -263,9 +280,9 @@ def fit(t: Trainer, show: bool = True) -> PhaseResult:
                 log.write(t.phase, step, train_loss=train_loss, lr=lr, tokens_per_s=tps, mfu=mfu, tokens=t.tokens_seen)
                 progress.update(step, train_loss, lr, tps, mfu)
 
-            elapsed = time.perf_counter() - t_start
+            t.elapsed_s = time.perf_counter() - t_start
             out_of_budget = (cfg.max_tokens is not None and t.tokens_seen >= cfg.max_tokens) or (
-                max_time is not None and elapsed >= max_time
+                max_time is not None and t.elapsed_s >= max_time
             )
             stop = distributed.any_rank(out_of_budget, info, t.device) or step >= cfg.total_steps
             if is_main and (step % cfg.ckpt_every == 0 or stop):

@@ -28,8 +28,8 @@ class TrainingPlan:
 
     @classmethod
     def build(cls, settings: Settings, phase: str, device: torch.device, precision: Precision, info: DistInfo,
-              model, tok: Tokenizer, tokens_per_step: int, start_step: int, resume: Path | None,
-              init_from: Path | None, run_dir: Path) -> "TrainingPlan":
+              model, tok: Tokenizer, tokens_per_step: int, peak_lrs: dict[str, float], start_step: int,
+              resume: Path | None, init_from: Path | None, run_dir: Path) -> "TrainingPlan":
         cfg = getattr(settings, phase)
         m = settings.model
         runtime = {
@@ -39,12 +39,16 @@ class TrainingPlan:
             "compile": cfg.compile,
             "activation checkpointing": cfg.activation_checkpointing,
             "model": m.dims_label,
+            "architecture": architecture_label(m),
             "params": f"{model.num_params() / 1e6:.2f}M",
             "micro_B": cfg.micro_batch,
             "accum_steps": cfg.accum_steps,
             "effective batch (tokens)": f"{tokens_per_step:,}",
             "steps": f"{start_step} → {cfg.total_steps}",
-            "lr": f"{cfg.lr:g} (warmup {cfg.warmup_steps}, cosine to {cfg.min_lr:g})",
+            "optimizer": optimizer_label(cfg),
+            "lr": " · ".join(f"{g} {lr:.3g}" for g, lr in peak_lrs.items() if g != "head" or not m.tie_embeddings)
+                  + (" (scaled from C=%d, %s tokens/step)" % (cfg.lr_ref_width, f"{cfg.lr_ref_batch_tokens:,}") if cfg.lr_scaling else ""),
+            "schedule": schedule_label(cfg),
             "tokenizer sha256": tok.sha256[:16],
             "start": f"resume {resume}" if resume else (f"init from {init_from}" if init_from else "from scratch"),
             "run dir": str(run_dir),
@@ -65,6 +69,37 @@ class TrainingPlan:
     def tables(self) -> dict[str, dict]:
         return {"runtime": self.runtime,
                 "mix": {r[0]: f"weight {r[1]}, train {r[2]} tokens, val {r[3]} tokens, {r[4]} shards" for r in self.mix}}
+
+
+def architecture_label(m) -> str:
+    """The model options that differ from plain Llama, e.g. 'qk_norm · relu2 · untied · softcap 15'."""
+    parts = [m.mlp]
+    if m.qk_norm:
+        parts.append("qk_norm")
+    parts.append("tied" if m.tie_embeddings else "untied")
+    if m.logit_softcap is not None:
+        parts.append(f"softcap {m.logit_softcap:g}")
+    if m.zero_init:
+        parts.append("zero-init outputs")
+    if not m.norm_gains:
+        parts.append("norms without gains")
+    if m.embed_norm:
+        parts.append("embedding norm")
+    return " · ".join(parts)
+
+
+def optimizer_label(cfg) -> str:
+    if cfg.optimizer == "adamw":
+        return f"AdamW β {cfg.adam_betas[0]:g}/{cfg.adam_betas[1]:g}, weight decay {cfg.weight_decay:g}"
+    return (f"Muon (momentum {cfg.muon_momentum_start:g}→{cfg.muon_momentum:g} over {cfg.muon_momentum_warmup_steps} steps, "
+            f"{cfg.muon_ns_steps} NS steps) + AdamW β {cfg.adam_betas[0]:g}/{cfg.adam_betas[1]:g}, weight decay {cfg.weight_decay:g}")
+
+
+def schedule_label(cfg) -> str:
+    end = f"to {cfg.final_lr_frac:g}× over the budget"
+    if cfg.schedule == "cosine":
+        return f"warmup {cfg.warmup_steps} steps, cosine {end}"
+    return f"warmup {cfg.warmup_steps} steps, stable, linear warmdown over the last {cfg.warmdown_frac:.0%} {end}"
 
 
 def print_plan(plan: TrainingPlan) -> None:

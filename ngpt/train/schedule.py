@@ -1,16 +1,48 @@
-"""Learning-rate schedule: linear warmup 0 → base_lr, then cosine decay to min_lr, clamped after the end.
+"""The learning-rate schedule, on the share of the budget used, so warmup and decay end where the run does.
 
-    lr_at_step(0, 1000, base_lr=6e-4, warmup_steps=100, min_lr=6e-5) == 0.0
+    p = budget_progress(step, tokens, elapsed_s, cfg)        # the largest of step/total_steps, tokens/max_tokens, elapsed/max_time
+    factor = lr_factor(step, p, cfg)                          # × each group's peak lr (ngpt.train.optim)
+    momentum = muon_momentum(step, cfg)
+
+cosine: linear warmup over warmup_steps, then cos from 1 to final_lr_frac over the budget.
+wsd (warmup-stable-decay): linear warmup, constant, then a linear warmdown to final_lr_frac over the
+last `warmdown_frac` of the budget — an "8h" run anneals in its last hours whatever its step count.
+Both reach final_lr_frac exactly when the budget is used up (p = 1).
 """
 
 from __future__ import annotations
 
 import math
 
+from ngpt.settings import TrainSettings, parse_duration
 
-def lr_at_step(step: int, total_steps: int, *, base_lr: float, warmup_steps: int, min_lr: float) -> float:
-    if step < warmup_steps:
-        return base_lr * step / warmup_steps
-    decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+def budget_progress(step: int, tokens: int, elapsed_s: float, cfg: TrainSettings) -> float:
+    """The share of the run's budget used so far, in [0, 1]: whichever of steps, tokens and time runs out first."""
+    shares = [step / cfg.total_steps]
+    if cfg.max_tokens is not None:
+        shares.append(tokens / cfg.max_tokens)
+    max_time = parse_duration(cfg.max_time)
+    if max_time is not None:
+        shares.append(elapsed_s / max_time)
+    return min(1.0, max(shares))
+
+
+def lr_factor(step: int, progress: float, cfg: TrainSettings) -> float:
+    """The multiplier of every group's peak lr at this step (0 at step 0 while warming up)."""
+    warm = step / cfg.warmup_steps if step < cfg.warmup_steps else 1.0
+    final = cfg.final_lr_frac
+    if cfg.schedule == "cosine":
+        decay = final + 0.5 * (1 - final) * (1 + math.cos(math.pi * progress))
+    else:
+        into_warmdown = (progress - (1 - cfg.warmdown_frac)) / cfg.warmdown_frac
+        decay = 1.0 if into_warmdown <= 0 else 1.0 - (1 - final) * min(1.0, into_warmdown)
+    return warm * decay
+
+
+def muon_momentum(step: int, cfg: TrainSettings) -> float:
+    """Muon's momentum: muon_momentum_start rising linearly to muon_momentum over muon_momentum_warmup_steps."""
+    if step >= cfg.muon_momentum_warmup_steps:
+        return cfg.muon_momentum
+    t = step / cfg.muon_momentum_warmup_steps
+    return cfg.muon_momentum_start + t * (cfg.muon_momentum - cfg.muon_momentum_start)

@@ -1,0 +1,113 @@
+"""Muon: momentum SGD whose update is orthogonalised (Newton-Schulz), for the blocks' 2-D matrices.
+
+    opt = Muon([{"params": same_shape_matrices}], lr=0.02, momentum=0.95, weight_decay=0.0)
+
+Per step and matrix W with gradient G (Keller Jordan's Muon, as torch.optim.Muon computes it):
+    buf ← lerp(buf, G, 1 − momentum);  U ← lerp(G, buf, momentum)        (Nesterov)
+    U ← NS5(U / ‖U‖_F)   in bf16: five quintic Newton-Schulz steps ≈ the nearest semi-orthogonal matrix
+    W ← W·(1 − lr·wd) − lr·√max(1, rows/cols)·U
+torch.optim.Muon runs the same arithmetic one matrix at a time; this one stacks every matrix of a
+param group (one group per shape) and runs the iterations as batched matmuls, with the polynomial's
+adds fused into them (baddbmm). Measured on a 2-core AVX512-BF16/AMX CPU for the default 20M model
+(56 matrices, 5 steps): torch.optim.Muon 233 ms per optimizer step, this 137 ms.
+Tested against torch.optim.Muon on toy matrices (tests/test_muon.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+# The quintic's coefficients, chosen to maximise the slope at zero (Jordan et al., torch.optim.Muon's defaults).
+NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
+NS_DTYPE = torch.bfloat16  # the iteration tolerates bf16 (Muon's own choice); the update is applied in fp32
+EPS = 1e-7
+
+
+def orthogonalize(updates: Tensor, steps: int) -> Tensor:
+    """Newton-Schulz on a stack (N, rows, cols) of same-shape matrices, each scaled to unit Frobenius norm first."""
+    a, b, c = NS_COEFFICIENTS
+    tall = updates.size(-2) > updates.size(-1)
+    x = (updates.mT if tall else updates).to(NS_DTYPE)  # iterate on the wide side: the Gram matrix is the smaller one
+    x = x / x.flatten(1).norm(dim=1).clamp(min=EPS)[:, None, None]
+    for _ in range(steps):
+        gram = torch.bmm(x, x.mT)
+        poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b·A + c·A²
+        x = torch.baddbmm(x, poly, x, beta=a)  # a·X + (b·A + c·A²)·X
+    return x.mT if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon for 2-D parameters; each param group should hold one shape (they are stacked per group)."""
+
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float = 0.0, ns_steps: int = 5) -> None:
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "ns_steps": ns_steps})
+        for group in self.param_groups:
+            shapes = {tuple(p.shape) for p in group["params"]}
+            bad = [tuple(p.shape) for p in group["params"] if p.dim() != 2]
+            if bad:
+                raise ValueError(f"Muon orthogonalises matrices; a parameter of shape {bad[0]} is not 2-D "
+                                 "(give vectors and embeddings to AdamW)")
+            if len(shapes) > 1:
+                raise ValueError(f"a Muon param group stacks its matrices, so they must share one shape; got {sorted(shapes)}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            momentum = group["momentum"]
+            bufs = []
+            for p in params:
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                bufs.append(state["momentum_buffer"])
+            grads = torch.stack([p.grad for p in params])
+            buf = torch.stack(bufs).lerp_(grads, 1 - momentum)
+            updates = orthogonalize(grads.lerp_(buf, momentum), group["ns_steps"])
+            rows, cols = params[0].shape
+            step_size = group["lr"] * math.sqrt(max(1.0, rows / cols))
+            for p, b, u in zip(params, buf, updates):
+                self.state[p]["momentum_buffer"].copy_(b)
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(u.to(p.dtype), alpha=-step_size)
+        return loss
+
+
+class MuonWithAdamW:
+    """Muon for the matrices, AdamW for the rest, stepped together: what the training loop sees as one optimizer.
+
+    `param_groups` are both optimizers' groups (the same dicts: setting a group's lr reaches the
+    optimizer that owns it); each carries its "kind" ("muon" or "adamw") and "name". GradScaler works
+    with it as with any optimizer (it unscales the groups' grads, then calls step()).
+    """
+
+    def __init__(self, muon: Muon, adamw: torch.optim.AdamW) -> None:
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self) -> list[dict]:
+        # Read live: load_state_dict gives each optimizer new group dicts.
+        return self.muon.param_groups + self.adamw.param_groups
+
+    def step(self, closure=None):
+        loss = None if closure is None else closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])

@@ -1,0 +1,127 @@
+"""Muon (ngpt/train/muon.py): the same step as torch.optim.Muon, groups checked, and gradient
+accumulation and DDP give the update a single process with the whole batch gives.
+
+    pytest tests/test_muon.py
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ngpt.batches import Batch
+from ngpt.device import Precision
+from ngpt.model import GPT
+from ngpt.settings import ModelSettings, TrainSettings
+from ngpt.train.muon import Muon, MuonWithAdamW
+from ngpt.train.optim import make_optimizer, parameter_groups
+from ngpt.train.step import accumulate_gradients, autocast_factory, optimizer_step
+
+FP32 = autocast_factory(torch.device("cpu"), Precision(False, None, False))
+MODEL = ModelSettings(vocab_size=97, seq_len=32, n_embd=32, n_layer=2, n_head=4)
+MUON = TrainSettings(optimizer="muon", muon_lr=0.05, embed_lr=0.05, head_lr=0.01, scalar_lr=0.01, weight_decay=0.0,
+                     grad_clip=0.0)
+
+
+@pytest.mark.parametrize("shape", [(24, 24), (40, 16), (16, 40)])
+def test_a_step_equals_torch_optim_muon(shape):
+    """Same lr (×√max(1, rows/cols)), Nesterov momentum, decoupled weight decay and Newton-Schulz, several steps."""
+    gen = torch.Generator().manual_seed(0)
+    init = torch.randn(*shape, generator=gen)
+    grads = [torch.randn(*shape, generator=gen) for _ in range(3)]
+    ours_p, ref_p = torch.nn.Parameter(init.clone()), torch.nn.Parameter(init.clone())
+    ours = Muon([ours_p], lr=0.02, momentum=0.9, weight_decay=0.1, ns_steps=5)
+    ref = torch.optim.Muon([ref_p], lr=0.02, momentum=0.9, weight_decay=0.1, nesterov=True, ns_steps=5,
+                           adjust_lr_fn="original")
+    for g in grads:
+        ours_p.grad, ref_p.grad = g.clone(), g.clone()
+        ours.step()
+        ref.step()
+    # Both iterate in bf16; batched and single matmuls may round differently in the last bit.
+    torch.testing.assert_close(ours_p.data, ref_p.data, rtol=0, atol=2e-3)
+    assert (ours_p.data - init).abs().max() > 0.02  # the steps moved it
+
+
+def test_muon_refuses_what_it_cannot_orthogonalise():
+    with pytest.raises(ValueError, match=r"shape \(8,\) is not 2-D"):
+        Muon([torch.nn.Parameter(torch.zeros(8))], lr=0.02, momentum=0.95)
+    with pytest.raises(ValueError, match="must share one shape"):
+        Muon([torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(3, 2))], lr=0.02, momentum=0.95)
+
+
+def test_groups_give_muon_the_matrices_and_adamw_the_rest():
+    model = GPT(MODEL.model_copy(update={"tie_embeddings": False}))
+    groups = parameter_groups(model)
+    opt = make_optimizer(model, MUON, model.cfg, torch.device("cpu"), 1024)
+    assert isinstance(opt, MuonWithAdamW)
+    muon_params = {id(p) for g in opt.muon.param_groups for p in g["params"]}
+    assert muon_params == {id(p) for p in groups["matrices"]} and all(p.dim() == 2 for p in groups["matrices"])
+    adam = {g["name"]: g for g in opt.adamw.param_groups}
+    assert set(adam) == {"embedding", "head", "scalars"} and adam["head"]["params"] == [model.lm_head.weight]
+    assert adam["scalars"]["weight_decay"] == 0.0 and all(p.dim() == 1 for p in adam["scalars"]["params"])
+
+
+def _batches(x: torch.Tensor, y: torch.Tensor, micro: int):
+    parts = iter([Batch(x[i:i + micro], y[i:i + micro], None) for i in range(0, len(x), micro)])
+    return lambda: next(parts)
+
+
+def _step(model: GPT, batch_fn, accum: int, opt) -> None:
+    accumulate_gradients(model, batch_fn, accum_steps=accum, autocast=FP32, scaler=None, device=torch.device("cpu"))
+    optimizer_step(opt, model.parameters(), scaler=None, grad_clip=1.0)
+
+
+def test_accumulation_gives_the_update_of_the_doubled_batch():
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 97, (4, 32), generator=gen), torch.randint(0, 97, (4, 32), generator=gen)
+    models = []
+    for accum in (1, 2):
+        torch.manual_seed(0)
+        model = GPT(MODEL)
+        opt = make_optimizer(model, MUON, model.cfg, torch.device("cpu"), 4 * 32)
+        for _ in range(2):
+            _step(model, _batches(x, y, 4 // accum), accum, opt)
+        models.append(model)
+    for a, b in zip(*(m.parameters() for m in models)):
+        # bf16 Newton-Schulz on inputs equal up to fp32 summation order: within 2 % of one step (lr·√4 = 0.1)
+        torch.testing.assert_close(a, b, rtol=0, atol=2e-3)
+    assert not torch.equal(models[0].blocks[0].attn.q.weight, GPT(MODEL).blocks[0].attn.q.weight)
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: dict) -> None:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = GPT(MODEL)
+    ddp = DDP(model)
+    opt = make_optimizer(model, MUON, model.cfg, torch.device("cpu"), 2 * 2 * 32 * world)
+    gen = torch.Generator().manual_seed(10 + rank)  # each rank its own data
+    for _ in range(3):
+        x, y = torch.randint(0, 97, (4, 32), generator=gen), torch.randint(0, 97, (4, 32), generator=gen)
+        accumulate_gradients(ddp, _batches(x, y, 2), accum_steps=2, autocast=FP32, scaler=None,
+                             device=torch.device("cpu"), ddp=True)
+        optimizer_step(opt, model.parameters(), scaler=None, grad_clip=1.0)
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    out[rank] = bool(torch.equal(gathered[0], gathered[1]))
+    dist.destroy_process_group()
+
+
+def test_ddp_ranks_take_the_identical_muon_update():
+    """After the all-reduce every rank holds the same gradient, and Muon is deterministic: same weights everywhere."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_ddp_worker, args=(2, port, out), nprocs=2, join=True)
+        assert dict(out) == {0: True, 1: True}
