@@ -42,7 +42,7 @@ AmpDtypeChoice = Literal["auto", "bf16", "fp16"]  # train.amp_dtype: auto = bf16
 WeightFormat = Literal["auto", "fp32", "bf16", "fp16", "int8"]
 WEIGHT_FORMATS: tuple[str, ...] = get_args(WeightFormat)
 # What `ngpt bench speed --compare` can time beside ngpt, the same model in another implementation.
-SpeedCompare = Literal["transformers"]
+SpeedCompare = Literal["transformers", "llama.cpp"]
 AMP_CHOICES: tuple[str, ...] = get_args(AmpChoice)
 AMP_DTYPE_CHOICES: tuple[str, ...] = get_args(AmpDtypeChoice)
 REPLACED_WHOLE = {("data", "mix_pretrain"), ("data", "mix_sft")}
@@ -270,6 +270,18 @@ class GenerationSettings(_Section):
     seed: int | None = Field(None, description="Sampling seed (None = a fresh one each reply).")
 
 
+class EvalSettings(_Section):
+    """What `ngpt eval` measures, and what `ngpt train pipeline` measures when it ends (nothing by default)."""
+
+    tasks: list[str] = Field(default_factory=list, description="Benchmark tasks, named as lm-evaluation-harness names them (piqa, arc_easy, ...); [] = none.")
+    text: list[str] = Field(default_factory=list, description="Text files or folders to report bits per byte on; [] = none.")
+    task_data: dict[str, str] = Field(default_factory=dict, description="A local copy per task (a file or folder in the dataset's own format); a task without one loads from the hub.")
+    shots: int = Field(0, ge=0, description="Few-shot examples before each question.")
+    limit: int | None = Field(None, gt=0, description="Questions per task, the first N (None = all).")
+    batch_size: int = Field(16, gt=0, description="Continuations scored per forward pass.")
+    seed: int = Field(1234, description="Seed for choosing few-shot examples (lm-evaluation-harness's default: 1234).")
+
+
 class Settings(BaseSettings):
     """The whole resolved configuration. Build it with `load_settings`, not directly."""
 
@@ -283,6 +295,7 @@ class Settings(BaseSettings):
     pretrain: TrainSettings = Field(default_factory=TrainSettings, description="The pretraining phase.")
     sft: TrainSettings = Field(default_factory=_sft_defaults, description="The SFT phase.")
     generation: GenerationSettings = Field(default_factory=GenerationSettings, description="Sampling for chat and serve.")
+    eval: EvalSettings = Field(default_factory=EvalSettings, description="Benchmarks and bits/byte text for ngpt eval.")
     checkpoints_dir: str = Field("checkpoints", description="Where checkpoints are saved.")
     runs_dir: str = Field("runs", description="Where runs/<run_id>/ (metrics, report) are written.")
 
