@@ -32,7 +32,14 @@ from test_serve import live_server, tiny_checkpoint, wait_until  # noqa: E402  (
 
 from ngpt.inference import load_engine  # noqa: E402
 from ngpt.serve.app import ServeOptions, StopMatcher, create_app  # noqa: E402
-from ngpt.serve.schemas import MAX_INT_DIGITS, MAX_JSON_DEPTH, MAX_STOP_CHARS, MAX_STOP_SEQUENCES  # noqa: E402
+from ngpt.serve.schemas import (  # noqa: E402
+    MAX_CONTENT_PARTS,
+    MAX_INT_DIGITS,
+    MAX_JSON_DEPTH,
+    MAX_MESSAGES,
+    MAX_STOP_CHARS,
+    MAX_STOP_SEQUENCES,
+)
 from ngpt.settings import GenerationSettings  # noqa: E402
 from ngpt.tokenizer import UnencodableText, check_encodable, first_surrogate  # noqa: E402
 
@@ -183,6 +190,11 @@ HOSTILE = {
                                             "metadata", "nesting_too_deep"),
     "max_tokens of 5 000 digits": (raw_chat(json.dumps(OK), ', "max_tokens": ' + "9" * 5000), None, "number_too_long"),
     "seed of 200 digits": (raw_chat(json.dumps(OK), ', "seed": ' + "1" * 200), None, "number_too_long"),
+    # Counted before validation: validating 30 000 content parts held the GIL (and /health) for 0.25 s.
+    "30 000 content parts": (json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}] * 30_000}]}).encode(),
+                             "messages", "too_many_content_parts"),
+    f"{MAX_MESSAGES + 1} messages": (json.dumps({"messages": OK * (MAX_MESSAGES + 1)}).encode(), "messages", "too_many_messages"),
+    "100 000 stop strings": (chat_body(stop=["a"] * 100_000), "stop", None),
 }
 
 
@@ -196,6 +208,8 @@ def test_limits_are_named_in_the_messages(port):
     assert f"{MAX_STOP_CHARS:,} characters" in assert_error_shape(post(port, chat_body(stop=["a", "b" * (MAX_STOP_CHARS + 1)])), 400)["message"]
     assert str(MAX_STOP_SEQUENCES) in assert_error_shape(post(port, chat_body(stop=list("abcde"))), 400)["message"]
     assert f"at most {MAX_JSON_DEPTH}" in assert_error_shape(post(port, DEEP), 400)["message"]
+    parts = json.dumps({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}] * (MAX_CONTENT_PARTS + 1)}]})
+    assert f"at most {MAX_CONTENT_PARTS:,}" in assert_error_shape(post(port, parts.encode()), 400)["message"]
     assert f"up to {MAX_INT_DIGITS} digits" in assert_error_shape(post(port, raw_chat(json.dumps(OK), ', "n": ' + "9" * 101)), 400)["message"]
     message = assert_error_shape(post(port, HOSTILE["lone surrogate in a user message"][0]), 400)["message"]
     assert "U+D800" in message and "messages[0].content" in message

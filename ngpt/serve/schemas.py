@@ -6,8 +6,9 @@
 A body is read as UTF-8 JSON within limits no legal request comes near: at most MAX_JSON_DEPTH
 levels of arrays/objects, integers of at most MAX_INT_DIGITS digits, and no lone UTF-16 surrogate
 (a "\\ud800" escape without its pair) in any string or key; each is a 400 naming what and where,
-found in time linear in the body, before any field is looked at. Stop strings: at most
-MAX_STOP_SEQUENCES (OpenAI's limit), each of at most MAX_STOP_CHARS characters.
+found in time linear in the body, before any field is looked at. Then at most MAX_MESSAGES messages
+and MAX_CONTENT_PARTS content parts, and at most MAX_STOP_SEQUENCES stop strings (OpenAI's limit)
+of at most MAX_STOP_CHARS characters each.
 
 Requests are strict, like OpenAI's own API: a field of the wrong JSON type is an error (no "2" for 2),
 and a field the API does not know is "Unrecognized request argument supplied". Fields OpenAI knows
@@ -33,6 +34,10 @@ MAX_STOP_SEQUENCES = 4  # as OpenAI
 MAX_STOP_CHARS = 1000  # per stop string: far past any real one, and the matcher's table stays small
 MAX_TOP_LOGPROBS = 20
 MAX_JSON_DEPTH = 32  # a request needs 5 ({messages: [{content: [{part}]}]}); metadata is flat
+# Counted before the fields are validated (validating 30 000 content parts held the GIL for 0.25 s); no
+# context ngpt trains holds more (a message costs at least 3 tokens: its role, a token, <|eot|>).
+MAX_MESSAGES = 2048
+MAX_CONTENT_PARTS = 2048  # in all messages together
 MAX_INT_DIGITS = 100  # the widest real value is a seed below 2**63 (19 digits)
 # OpenAI fields that change nothing here: accepted and ignored.
 IGNORED_FIELDS = ("user", "metadata", "store", "service_tier", "parallel_tool_calls", "prompt_cache_key",
@@ -249,6 +254,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     raw = load_json(body)
     if not isinstance(raw, dict):
         raise ApiError(400, f"The request body must be a JSON object, got {type(raw).__name__}.")
+    _check_counts(raw)
     for key in [k for k in raw if k in ChatCompletionRequest.known_extra]:
         value = raw.pop(key)
         if key in UNSUPPORTED_FIELDS and value not in UNSUPPORTED_FIELDS[key]:
@@ -267,6 +273,24 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         raise ApiError(400, f"{param or 'body'}: {message}", param=param or None, code="invalid_value") from None
     _check_semantics(req)
     return req
+
+
+def _check_counts(raw: dict) -> None:
+    """The counts no request near the limits needs, checked on the raw JSON before validation costs anything."""
+    messages = raw.get("messages")
+    if isinstance(messages, list) and len(messages) > MAX_MESSAGES:
+        raise ApiError(400, f"messages holds {len(messages):,} messages; this server takes at most {MAX_MESSAGES:,} "
+                            "(no context it serves could hold more). Drop old turns.", param="messages",
+                       code="too_many_messages")
+    if isinstance(messages, list):
+        parts = sum(len(m["content"]) for m in messages if isinstance(m, dict) and isinstance(m.get("content"), list))
+        if parts > MAX_CONTENT_PARTS:
+            raise ApiError(400, f"The messages hold {parts:,} content parts; this server takes at most "
+                                f"{MAX_CONTENT_PARTS:,} in all. Join the text parts.", param="messages",
+                           code="too_many_content_parts")
+    stop = raw.get("stop")
+    if isinstance(stop, list) and len(stop) > MAX_STOP_SEQUENCES:
+        raise ApiError(400, f"stop takes up to {MAX_STOP_SEQUENCES} non-empty strings.", param="stop")
 
 
 def _check_semantics(req: ChatCompletionRequest) -> None:
