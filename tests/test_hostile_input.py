@@ -333,6 +333,16 @@ def test_a_body_slower_than_the_read_timeout_gets_408(impatient_port):
     assert error["code"] == "request_timeout" and "0.5 s" in error["message"]
 
 
+def test_a_client_hanging_up_mid_body_is_no_server_fault(port, caplog):
+    with caplog.at_level("ERROR", logger="ngpt.serve"):
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(request_bytes("POST", "/v1/chat/completions", chat_body(), content_length="1000"))
+        for _ in range(3):  # the hang-ups are handled on the event loop before these later requests
+            timed_health(port)
+    assert [r.getMessage() for r in caplog.records if r.name == "ngpt.serve"] == []
+
+
 # ---------------------------------------------------------------------------------------------
 # The shared text check and the stop matcher, without a server.
 

@@ -39,6 +39,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from ngpt.chat_format import prompt_ids
 from ngpt.engine import Engine
@@ -148,6 +149,9 @@ async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     except TimeoutError:
         raise ApiError(408, f"The request body did not arrive within {timeout:g} s ({size:,} bytes came); send it "
                             "in one go, or start the server with a longer --read-timeout.", code="request_timeout") from None
+    except ClientDisconnect:  # nobody will read this answer; it only keeps a hang-up from looking like a fault
+        raise ApiError(400, "The client closed the connection before the whole body arrived.",
+                       code="client_disconnected") from None
     return b"".join(chunks)
 
 

@@ -101,7 +101,8 @@ class GuardedH11Protocol(H11Protocol):
                 "check the request line, the headers (HTTP/1.1 needs Host) and Content-Length (a non-negative "
                 "integer matching the body)")
         self._stop_header_timer()
-        self.transport.write(raw_error(status, f"The request is not valid HTTP/1.1 ({why}); {hint}.", "invalid_http"))
+        if self.cycle is None or not self.cycle.response_started:  # else the client has its answer already
+            self.transport.write(raw_error(status, f"The request is not valid HTTP/1.1 ({why}); {hint}.", "invalid_http"))
         self.transport.close()
 
 
