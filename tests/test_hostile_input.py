@@ -282,10 +282,15 @@ def test_each_hostile_request_is_fast_and_health_answers_meanwhile(port):
     (request_bytes("POST", "/v1/chat/completions", chat_body(), content_length="-1"), 400),
     (request_bytes("POST", "/v1/chat/completions", chat_body(), content_length="ten"), 400),
     (request_bytes("POST", "/v1/chat/completions", b"", [("X-Big", "a" * 200_000)]), 431),
+    (request_bytes("POST", "/v1/chat/completions", chat_body(), content_length="9" * 5000), 400),
+    (request_bytes("POST", "/v1/chat/completions", chat_body(), [("Content-Length", "3")]), 400),
+    (request_bytes("POST", "/v1/chat/completions", b"zz\r\n{}\r\n0\r\n\r\n", [("Transfer-Encoding", "chunked")],
+                   content_length=None), 400),
     (b"HELLO THERE\r\n\r\n", 400),
     (b"GET /health HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
     (b"GET /health HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),
-], ids=["negative Content-Length", "non-numeric Content-Length", "headers far over 16 KiB", "no request line",
+], ids=["negative Content-Length", "non-numeric Content-Length", "headers far over 16 KiB",
+        "Content-Length of 5000 digits", "two Content-Lengths", "chunk size not hex", "no request line",
         "no Host", "header without a colon"])
 def test_malformed_http_gets_the_json_error_shape(port, data, status):
     error = assert_error_shape(exchange(port, data), status)
