@@ -280,6 +280,8 @@ class EvalSettings(_Section):
     limit: int | None = Field(None, gt=0, description="Questions per task, the first N (None = all).")
     batch_size: int = Field(16, gt=0, description="Continuations scored per forward pass.")
     seed: int = Field(1234, description="Seed for choosing few-shot examples (lm-evaluation-harness's default: 1234).")
+    chat: bool = Field(False, description="Also ask each multiple-choice question through the chat template and read the answer letter from the greedy reply (for SFT models).")
+    stride: int | None = Field(None, gt=0, description="Bits/byte with sliding windows that move by this many tokens (None = non-overlapping windows of the model's context).")
 
 
 class Settings(BaseSettings):

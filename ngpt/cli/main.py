@@ -11,6 +11,7 @@ import sys
 import typer
 
 from ngpt.cli import bench, cache, chat, demo, primer, serve, tokenizer, train
+from ngpt.cli import eval as eval_cli
 from ngpt.cli import export as export_cli
 from ngpt.cli import hub as hub_cli
 from ngpt.console import error_panel
@@ -25,6 +26,7 @@ app = typer.Typer(
 app.add_typer(tokenizer.app, name="tokenizer", help="Train and inspect the sentencepiece tokenizer.")
 app.add_typer(cache.app, name="cache", help="Build and validate the sharded token caches.")
 app.add_typer(train.app, name="train", help="Pretrain, SFT, or both (pipeline).")
+app.add_typer(eval_cli.app, name="eval", help="Evaluate a checkpoint: bits/byte on text, benchmarks as lm-eval scores them.")
 app.add_typer(bench.app, name="bench", help="Benchmarks: speed, and the overnight config sweep.")
 app.command("chat", help="Chat with a checkpoint in the terminal.")(chat.chat)
 app.command("serve", help="OpenAI-compatible HTTP server with a web page.")(serve.serve)

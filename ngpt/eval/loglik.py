@@ -1,0 +1,161 @@
+"""Log-likelihood of continuations, batched: what every multiple-choice and completion task is scored by.
+
+    scores = score_requests(model, requests, batch_size=16)     # [Score(logprob, greedy), ...] in order
+
+logprob = Σ log P(continuation token | everything before it); greedy = every continuation token is the
+argmax — lm-eval's (loglikelihood, is_greedy), the same numbers up to float rounding.
+
+Two paths, one result:
+- Shared context (the whole request fits the model's context): a question's choices share their
+  context, so it runs once. Contexts of the same token length run as one batch with a KV cache that
+  keeps each layer's keys/values (_PrefixCache); then every choice's continuation of those contexts runs
+  as one padded batch over the cached contexts (RoPE positions continue after the context; the model's
+  causal mask over a cache does the rest). Right padding is harmless: a position attends only to
+  what comes before it. The head runs only at the positions scored, not over every context token.
+- Truncated (context + continuation > seq_len + 1): lm-eval's row, (context + continuation)
+  [-(seq_len + 1):][:-1] — cut from the left — scored in batches of equal-length rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ngpt.eval.prompts import Request
+from ngpt.model import GPT
+
+
+@dataclass(frozen=True)
+class Score:
+    logprob: float
+    greedy: bool
+
+
+class _PrefixCache:
+    """The model's KV-cache seam (ngpt.model.KVCache) for shared contexts.
+
+    Recording (rows None): stores each layer's post-RoPE k/v of a batch of contexts and returns them
+    unchanged (plain causal attention over the contexts). Replaying (rows = the context of each
+    continuation row): returns that context's stored k/v followed by the continuation's own.
+    """
+
+    def __init__(self) -> None:
+        self.k: dict[int, Tensor] = {}
+        self.v: dict[int, Tensor] = {}
+        self.rows: Tensor | None = None
+
+    def update(self, layer_idx: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        if self.rows is None:
+            self.k[layer_idx], self.v[layer_idx] = k, v
+            return k, v
+        past_k = self.k[layer_idx].index_select(0, self.rows)
+        past_v = self.v[layer_idx].index_select(0, self.rows)
+        return torch.cat((past_k, k), dim=2), torch.cat((past_v, v), dim=2)
+
+
+def _token_scores(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """(M, V) logits at the scored positions, (M,) targets → log-probs (M,) and whether each target is the argmax."""
+    logits = logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
+    return logprobs, logits.argmax(dim=-1) == targets
+
+
+def score_requests(model: GPT, requests: list[Request], batch_size: int = 16,
+                   on_done: Callable[[int], None] | None = None) -> list[Score]:
+    """Score every request (see the module docstring); on_done(n) after each n requests finish."""
+    T = model.cfg.seq_len
+    device = next(model.parameters()).device
+    out: list[Score | None] = [None] * len(requests)
+    by_context: dict[tuple[int, ...], list[int]] = {}
+    truncated: list[int] = []
+    for i, r in enumerate(requests):
+        if not r.context:
+            raise ValueError(f"request {i} has an empty context; lm-eval scores an empty context after <|eot|>")
+        if not r.continuation:  # nothing to score: log 1 = 0, and trivially all greedy (as lm-eval)
+            out[i] = Score(0.0, True)
+        elif len(r.continuation) > T:
+            raise ValueError(f"request {i}: the continuation alone has {len(r.continuation)} tokens, more than the "
+                             f"model's context ({T})")
+        elif len(r.context) + len(r.continuation) <= T + 1:
+            by_context.setdefault(r.context, []).append(i)
+        else:
+            truncated.append(i)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        by_length: dict[int, list[tuple[int, ...]]] = {}
+        for ctx in by_context:
+            by_length.setdefault(len(ctx), []).append(ctx)
+        for length in sorted(by_length):
+            contexts = by_length[length]
+            for start in range(0, len(contexts), batch_size):
+                chunk = contexts[start : start + batch_size]
+                _score_shared(model, requests, chunk, [by_context[c] for c in chunk], batch_size, device, out)
+                if on_done is not None:
+                    on_done(sum(len(by_context[c]) for c in chunk))
+        for start in range(0, len(truncated), batch_size):
+            chunk = truncated[start : start + batch_size]
+            _score_truncated(model, requests, chunk, device, out)
+            if on_done is not None:
+                on_done(len(chunk))
+    model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def _score_shared(model: GPT, requests: list[Request], contexts: list[tuple[int, ...]], members: list[list[int]],
+                  batch_size: int, device: torch.device, out: list) -> None:
+    """Contexts of one length (≤ batch_size) once, then all their continuations in padded batches."""
+    cache = _PrefixCache()
+    ctx = torch.tensor(contexts, dtype=torch.long, device=device)
+    last, _ = model(ctx, kv_cache=cache, logits="last")  # the last context position predicts each first token
+    first = [(g, i) for g, group in enumerate(members) for i in group]
+    lp0, greedy0 = _token_scores(last[[g for g, _ in first], 0], torch.tensor(
+        [requests[i].continuation[0] for _, i in first], device=device))
+    totals = {i: (float(lp), bool(ok)) for (_, i), lp, ok in zip(first, lp0.tolist(), greedy0.tolist())}
+    # Continuations of 2+ tokens: their own tokens but the last are the inputs that predict the rest.
+    rest = sorted(((g, i) for g, i in first if len(requests[i].continuation) > 1),
+                  key=lambda gi: len(requests[gi[1]].continuation))
+    for start in range(0, len(rest), batch_size):
+        rows = rest[start : start + batch_size]
+        width = max(len(requests[i].continuation) for _, i in rows) - 1
+        x = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+        pos_r, pos_t, targets = [], [], []
+        for r, (_, i) in enumerate(rows):
+            cont = requests[i].continuation
+            x[r, : len(cont) - 1] = torch.tensor(cont[:-1])
+            pos_r += [r] * (len(cont) - 1)
+            pos_t += range(len(cont) - 1)
+            targets += cont[1:]
+        cache.rows = torch.tensor([g for g, _ in rows], device=device)
+        logits, _ = model(x, start_pos=len(contexts[0]), kv_cache=cache)
+        lp, ok = _token_scores(logits[pos_r, pos_t], torch.tensor(targets, device=device))
+        index = torch.tensor(pos_r, device=device)
+        sums = torch.zeros(len(rows), device=device).index_add_(0, index, lp).tolist()
+        misses = torch.zeros(len(rows), dtype=torch.long, device=device).index_add_(0, index, (~ok).long()).tolist()
+        for r, (_, i) in enumerate(rows):
+            lp_first, ok_first = totals[i]
+            totals[i] = (lp_first + sums[r], ok_first and misses[r] == 0)
+    for i, (lp, ok) in totals.items():
+        out[i] = Score(lp, ok)
+
+
+def _score_truncated(model: GPT, requests: list[Request], chunk: list[int], device: torch.device, out: list) -> None:
+    """lm-eval's left-truncated rows: each exactly seq_len tokens long, so they batch without padding."""
+    T = model.cfg.seq_len
+    rows = [(requests[i].context + requests[i].continuation)[-(T + 1):][:-1] for i in chunk]
+    logits, _ = model(torch.tensor(rows, dtype=torch.long, device=device))
+    pos_r, pos_t, targets = [], [], []
+    for r, i in enumerate(chunk):
+        cont = requests[i].continuation
+        pos_r += [r] * len(cont)
+        pos_t += range(T - len(cont), T)
+        targets += cont
+    lp, ok = _token_scores(logits[pos_r, pos_t], torch.tensor(targets, device=device))
+    start = 0
+    for i in chunk:
+        n = len(requests[i].continuation)
+        out[i] = Score(float(lp[start : start + n].sum()), bool(ok[start : start + n].all()))
+        start += n
