@@ -143,18 +143,7 @@ def tasks(
 
 
 def results_table(record: dict):
-    chat = any("chat_acc" in r for r in record["tasks"].values())
-    cols = ["task", "n", "acc", "acc_norm", "baseline", "centered"] + (["chat acc", "chat centered"] if chat else []) + ["ex/s"]
-    rows = []
-    for name, r in record["tasks"].items():
-        norm = "—" if r["acc_norm"] is None else f"{r['acc_norm']:.4f}"
-        row = [name, r["n"], f"{r['acc']:.4f} ± {r['acc_stderr']:.4f}", norm, f"{r['baseline']:.4f}", f"{r['centered']:+.4f}"]
-        if chat:
-            row += [f"{r['chat_acc']:.4f}", f"{r['chat_centered']:+.4f}"] if "chat_acc" in r else ["—", "—"]
-        rows.append(row + [r["examples_per_s"]])
-        if "perplexity" in r:
-            rows[-1][3] = f"ppl {r['perplexity']:.4g}"
-    title = f"CORE (mean centered) {record['core']:+.4f}"
-    if record.get("chatcore") is not None:
-        title += f" · ChatCORE {record['chatcore']:+.4f}"
-    return table(title, cols, rows)
+    from ngpt.eval.summary import headline, task_rows
+
+    columns, rows = task_rows(record)
+    return table(headline(record), columns, rows)

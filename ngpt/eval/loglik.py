@@ -13,7 +13,8 @@ Two paths, one result:
   causal mask over a cache does the rest). Right padding is harmless: a position attends only to
   what comes before it. The head runs only at the positions scored, not over every context token.
 - Truncated (context + continuation > seq_len + 1): lm-eval's row, (context + continuation)
-  [-(seq_len + 1):][:-1] — cut from the left — scored in batches of equal-length rows.
+  [-(seq_len + 1):][:-1] — cut from the left — scored in batches of equal-length rows. A continuation
+  longer than the whole window (lm-eval fails on one) is scored on its last seq_len tokens.
 """
 
 from __future__ import annotations
@@ -76,9 +77,6 @@ def score_requests(model: GPT, requests: list[Request], batch_size: int = 16,
             raise ValueError(f"request {i} has an empty context; lm-eval scores an empty context after <|eot|>")
         if not r.continuation:  # nothing to score: log 1 = 0, and trivially all greedy (as lm-eval)
             out[i] = Score(0.0, True)
-        elif len(r.continuation) > T:
-            raise ValueError(f"request {i}: the continuation alone has {len(r.continuation)} tokens, more than the "
-                             f"model's context ({T})")
         elif len(r.context) + len(r.continuation) <= T + 1:
             by_context.setdefault(r.context, []).append(i)
         else:
@@ -147,15 +145,15 @@ def _score_truncated(model: GPT, requests: list[Request], chunk: list[int], devi
     T = model.cfg.seq_len
     rows = [(requests[i].context + requests[i].continuation)[-(T + 1):][:-1] for i in chunk]
     logits, _ = model(torch.tensor(rows, dtype=torch.long, device=device))
-    pos_r, pos_t, targets = [], [], []
+    pos_r, pos_t, targets, counts = [], [], [], []
     for r, i in enumerate(chunk):
-        cont = requests[i].continuation
+        cont = requests[i].continuation[-T:]  # a continuation longer than the window: its last seq_len tokens
         pos_r += [r] * len(cont)
         pos_t += range(T - len(cont), T)
         targets += cont
+        counts.append(len(cont))
     lp, ok = _token_scores(logits[pos_r, pos_t], torch.tensor(targets, device=device))
     start = 0
-    for i in chunk:
-        n = len(requests[i].continuation)
+    for i, n in zip(chunk, counts):
         out[i] = Score(float(lp[start : start + n].sum()), bool(ok[start : start + n].all()))
         start += n
