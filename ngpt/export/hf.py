@@ -88,15 +88,19 @@ class ExportError(ValueError):
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen3": "Qwen3ForCausalLM", "arcee": "ArceeForCausalLM"}
 
 
-def hf_model_type(cfg: ModelSettings) -> str:
-    """llama (SwiGLU), qwen3 (SwiGLU + per-head QK RMSNorm before RoPE), arcee (ReLU², no gate); or ExportError."""
+def hf_model_type(cfg: ModelSettings, target: str = "transformers") -> str:
+    """llama (SwiGLU), qwen3 (SwiGLU + per-head QK RMSNorm before RoPE), arcee (ReLU², no gate); or ExportError.
+
+    llama.cpp has the same three architectures under the same names (ngpt.export.gguf passes
+    target="GGUF (llama.cpp)"), so the same options are refused there, for the same reasons.
+    """
     refused = []
     if cfg.logit_softcap is not None:
         refused.append(f"model.logit_softcap={cfg.logit_softcap:g}: no Llama, Qwen3 or Arcee config caps the logits")
     if cfg.qk_norm and cfg.mlp == "relu2":
         refused.append("model.qk_norm with model.mlp=relu2: Qwen3 has QK-norm but a SwiGLU MLP, Arcee ReLU² but no QK-norm")
     if refused:
-        raise ExportError("this checkpoint cannot be exported to transformers: " + "; ".join(refused)
+        raise ExportError(f"this checkpoint cannot be exported to {target}: " + "; ".join(refused)
                           + ". Train with those options off to share the model in this format.")
     return "qwen3" if cfg.qk_norm else "arcee" if cfg.mlp == "relu2" else "llama"
 
@@ -215,6 +219,14 @@ def generation_config(tok: Tokenizer, settings: dict | None, vocab_size: int) ->
 # Tokenizer.
 
 
+def checkpoint_tokenizer(state: dict) -> Tokenizer:
+    """The tokenizer a loaded checkpoint carries; CheckpointError when it has none (every export needs it)."""
+    proto = state.get("tokenizer_model")
+    if not proto:
+        raise CheckpointError("the checkpoint does not carry its tokenizer (tokenizer_model); re-save it with this ngpt")
+    return Tokenizer("checkpoint#tokenizer", proto=proto)
+
+
 def check_lossless(tok: Tokenizer) -> None:
     """The export reproduces ngpt's tokenizer (identity normalisation, no dummy prefix); refuse any other."""
     probe = "  Ａﬁ x  \t"
@@ -310,10 +322,7 @@ def write_hf_folder(state: dict, out_dir: Path, dtype: str = "float32") -> int:
 
     if dtype not in HF_DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(HF_DTYPES)}")
-    proto = state.get("tokenizer_model")
-    if not proto:
-        raise CheckpointError("the checkpoint does not carry its tokenizer (tokenizer_model); re-save it with this ngpt")
-    tok = Tokenizer("checkpoint#tokenizer", proto=proto)
+    tok = checkpoint_tokenizer(state)
     check_lossless(tok)
     cfg = ModelSettings(**state["model_config"])
     weights = hf_state_dict(state["model"], cfg, HF_DTYPES[dtype])
@@ -321,7 +330,7 @@ def write_hf_folder(state: dict, out_dir: Path, dtype: str = "float32") -> int:
     save_file(weights, str(out_dir / "model.safetensors"), metadata={"format": "pt"})  # callers write to a fresh temp dir
     atomic_write_text(out_dir / "config.json", _json(hf_config(cfg, tok, dtype)))
     atomic_write_text(out_dir / "generation_config.json", _json(generation_config(tok, state.get("settings"), cfg.vocab_size)))
-    atomic_write_bytes(out_dir / "tokenizer.model", proto)
+    atomic_write_bytes(out_dir / "tokenizer.model", tok.proto)
     atomic_write_text(out_dir / "tokenizer.json", _json(tokenizer_json(tok)))
     atomic_write_text(out_dir / "tokenizer_config.json", _json(tokenizer_config(tok, cfg.seq_len)))
     atomic_write_text(out_dir / "special_tokens_map.json", _json(special_tokens_map(tok)))
