@@ -5,6 +5,7 @@ costs in answers; the overnight config sweep.
     ngpt bench speed --train --compare transformers --amp true --amp-dtype bf16
     ngpt bench speed --train --config configs/pretrain.json --micro-b 8 --compile
     ngpt bench speed --decode --compare transformers                # 256 prompt + 256 new tokens, greedy
+    ngpt bench speed --decode --compare llama.cpp --no-uncached      # int8 vs llama.cpp's q8_0 (the gguf extra)
     ngpt bench speed --decode --precision fp32 --threads 2 --no-uncached
     ngpt bench quality --ckpt checkpoints/best.pt                    # bf16 and int8 answers vs fp32
 
@@ -205,17 +206,27 @@ def decode_result_table(report: DecodeSpeedReport) -> Table:
 
     theirs = f"transformers ({dtype_name(report.plan.transformers_dtype)} weights)"
     ours_name = f"ngpt ({report.plan.precision})"
-    rows = [(ours_name, report.ours), (f"{ours_name}, no KV cache", report.uncached), (theirs, report.transformers)]
+    rows = [(ours_name, report.ours, "ngpt"), (f"{ours_name}, no KV cache", report.uncached, None),
+            (theirs, report.transformers, None), (f"llama.cpp ({report.plan.llama_cpp_dtype})", report.llama_cpp, "llama.cpp")]
     ours = report.ours.tokens_per_s
+    limit = report.limit
 
     def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:,.1f}"
 
+    def share(key: str | None, t) -> str:  # decode tokens/s as a share of read bandwidth / weight bytes per token
+        if limit is None or key is None:
+            return "-"
+        return f"{100 * limit.share(key, t):.0f} % of {limit.tokens_per_s(key):,.0f}"
+
+    title = "generation speed (new tokens / whole run, prefill included; median run)"
+    if limit is not None:
+        title += f"; limit = {limit.bandwidth.bytes_per_s / 1e9:.1f} GB/s read here / weight bytes per token"
     return table(
-        "generation speed (new tokens / whole run, prefill included; median run)",
-        ("implementation", "tokens/s", "s/run", "prefill ms", "decode tokens/s", "ngpt speed-up"),
+        title,
+        ("implementation", "tokens/s", "s/run", "prefill ms", "decode tokens/s", "ngpt speed-up", "decode vs limit"),
         [(name, t.tokens_per_s, statistics.median(t.run_s), cell(statistics.median(t.prefill_ms)) if t.prefill_ms else "-",
-          cell(t.decode_tokens_per_s), f"{ours / t.tokens_per_s:.2f}") for name, t in rows if t is not None],
+          cell(t.decode_tokens_per_s), f"{ours / t.tokens_per_s:.2f}", share(key, t)) for name, t, key in rows if t is not None],
     )
 
 
