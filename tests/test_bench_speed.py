@@ -202,3 +202,40 @@ def test_decode_compare_transformers_reports_its_tokens_per_s():
     _, record = run_decode("--precision", "fp32", "--compare", "transformers", "--no-uncached")
     assert record["transformers"]["tokens_per_s"] > 0 and "transformers_version" in record
     assert record["ratio"] == pytest.approx(record["ours"]["tokens_per_s"] / record["transformers"]["tokens_per_s"], rel=1e-2)
+
+
+def test_decode_compare_llama_cpp_times_the_same_weights_as_q8_0_and_the_limit():
+    from gguf_support import llama_cpp_or_skip
+
+    llama_cpp_or_skip()
+    _, record = run_decode("--precision", "int8", "--compare", "llama.cpp", "--no-uncached")
+    theirs, limit = record["llama_cpp"], record["limit"]
+    assert theirs["dtype"] == "q8_0" and theirs["tokens_per_s"] > 0 and theirs["prefill_ms"] > 0
+    assert record["ratio"] == pytest.approx(record["ours"]["tokens_per_s"] / theirs["tokens_per_s"], rel=1e-2)
+    assert limit["read_gb_per_s"] > 0 and "llama_cpp_python_version" in record
+    for name in ("ngpt", "llama.cpp"):
+        assert limit[name]["weight_bytes_per_token"] > 0 and 0 < limit[name]["share"]
+        assert limit[name]["limit_tokens_per_s"] == pytest.approx(
+            limit["read_gb_per_s"] * 1e9 / limit[name]["weight_bytes_per_token"], rel=1e-2)
+
+
+def test_weight_bytes_per_token_count_what_the_matmuls_read(tmp_path):
+    """int8: a byte per weight plus a bf16 scale per row, the tied head once; q8_0: 34 bytes per 32 weights."""
+    pytest.importorskip("gguf")
+    from ngpt.bench.speed.llama_cpp import gguf_bytes_per_token, weight_bytes_per_token
+    from ngpt.export.gguf import ids_only_vocab, write_gguf
+
+    cfg = tiny_plan().model
+    model = GPT(cfg)
+    write_gguf(tmp_path / "m.gguf", model.state_dict(), cfg, ids_only_vocab(cfg.vocab_size), "q8_0")
+    matrices = [p for n, p in model.named_parameters() if p.dim() == 2]  # the embedding is the (tied) head
+    norms = sum(p.numel() for p in model.parameters() if p.dim() == 1)
+    assert gguf_bytes_per_token(tmp_path / "m.gguf") == sum(p.numel() // 32 * 34 for p in matrices) + 4 * norms
+    rows = sum(p.shape[0] for p in matrices)
+    int8 = prepare_for_decoding(model, "int8")
+    assert weight_bytes_per_token(int8) == sum(p.numel() for p in matrices) + 2 * rows + 4 * norms  # lookups read one row
+
+
+def test_train_compare_llama_cpp_is_refused():
+    result = CliRunner().invoke(app, ["speed", "--train", *TINY, *FAST, "--compare", "llama.cpp"])
+    assert isinstance(result.exception, ValueError) and "use it with --decode" in str(result.exception)

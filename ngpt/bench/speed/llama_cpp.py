@@ -48,7 +48,7 @@ class ReadBandwidth:
     buffer_bytes: int
 
     def to_json(self) -> dict:
-        return {"read_gb_per_s": round(self.bytes_per_s / 1e9, 2), "buffer_bytes": self.buffer_bytes}
+        return {"read_gb_per_s": float(f"{self.bytes_per_s / 1e9:.4g}"), "buffer_bytes": self.buffer_bytes}
 
 
 def read_bandwidth(nbytes: int, repeats: int = 20) -> ReadBandwidth:
@@ -83,7 +83,7 @@ class DecodeLimit:
     def to_json(self, timings: dict[str, DecodeTiming]) -> dict:
         return {**self.bandwidth.to_json(), **{
             name: {"weight_bytes_per_token": n, "limit_tokens_per_s": round(self.tokens_per_s(name), 1),
-                   "share": round(self.share(name, timings[name]), 4)}
+                   "share": float(f"{self.share(name, timings[name]):.4g}")}
             for name, n in self.bytes_per_token.items()}}
 
 

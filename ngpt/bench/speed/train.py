@@ -206,6 +206,8 @@ def run_train_speed(plan: SpeedPlan) -> TrainSpeedReport:
     """Measure the matmul peak, then time ngpt (and the comparison model) on synthetic batches."""
     if plan.compare is not None and plan.compare not in COMPARE_CHOICES:
         raise ValueError(f"--compare {plan.compare!r} is not known; choose one of: {', '.join(COMPARE_CHOICES)}")
+    if plan.compare == "llama.cpp":
+        raise ValueError("--compare llama.cpp times generation only (llama.cpp does not train); use it with --decode")
     retain_freed_memory()  # as the training loop does (process-wide, so the comparison model gets it too)
     peak = measure_matmul_peak(plan.device, plan.peak_dtype)
     idx, targets = synthetic_batch(plan.model.vocab_size, plan.micro_b, plan.model.seq_len, plan.seed, plan.device)
