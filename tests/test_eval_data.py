@@ -340,3 +340,18 @@ def test_encode_pair_splits_one_joint_encoding(tiny_tokenizer):
     assert req.context == tuple(ctx)
     assert req.continuation == tuple(tiny_tokenizer.encode("The river ran under the bridge")[len(ctx):])
     assert encode("", " x").context == (tiny_tokenizer.eot_id,)  # lm-eval's prefix token for an empty context
+
+
+def test_eval_is_inference_it_never_imports_training_or_the_cli():
+    import ast
+
+    pkg = Path(__file__).resolve().parents[1] / "ngpt" / "eval"
+    offenders = {}
+    for path in pkg.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            bad = [n for n in names if n.startswith(("ngpt.train", "ngpt.cli"))]
+            if bad:
+                offenders[path.name] = bad
+    assert offenders == {}
