@@ -34,7 +34,9 @@ import torch
 
 from ngpt.export.hf import write_hf_folder
 from ngpt.io_utils import atomic_write_bytes, atomic_write_text, file_digest, file_sha256
-from ngpt.settings import ModelSettings
+from ngpt.settings import SPECIAL_TOKENS, ModelSettings
+
+SYS, USR, ASST, EOT = SPECIAL_TOKENS
 from ngpt.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -288,8 +290,8 @@ out = model.generate(**ids, max_new_tokens=128)
 print(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
 ```
 
-The chat template is `<|sys|>system<|eot|><|usr|>question<|eot|><|asst|>answer<|eot|>` (system
-optional); generation stops at `<|eot|>`. transformers reads the text "<|eot|>" inside a message as
+The chat template is `{SYS}system{EOT}{USR}question{EOT}{ASST}answer{EOT}` (system
+optional); generation stops at `{EOT}`. transformers reads the text "{EOT}" inside a message as
 the control token; pass `sanitize_control_tokens=True` to `apply_chat_template` to encode it as text,
 as ngpt does.
 """

@@ -48,9 +48,10 @@ def test_a_step_equals_torch_optim_muon(shape):
 
 def test_muon_refuses_what_it_cannot_orthogonalise():
     with pytest.raises(ValueError, match=r"shape \(8,\) is not 2-D"):
-        Muon([torch.nn.Parameter(torch.zeros(8))], lr=0.02, momentum=0.95)
+        Muon([torch.nn.Parameter(torch.zeros(8))], lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5)
     with pytest.raises(ValueError, match="must share one shape"):
-        Muon([torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(3, 2))], lr=0.02, momentum=0.95)
+        Muon([torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(3, 2))], lr=0.02, momentum=0.95,
+             weight_decay=0.0, ns_steps=5)
 
 
 def test_groups_give_muon_the_matrices_and_adamw_the_rest():

@@ -32,7 +32,8 @@ STEPS_UNBOUNDED = 10**9  # total_steps when a time or token budget is what ends 
 
 def budget_overrides(max_time: str | None, max_tokens: int | None) -> dict:
     """The pretrain settings a budget run adds: the budget, and nothing else that stops or evaluates early."""
-    phase: dict = {"eval_every": NO_EVAL, "ckpt_every": NO_EVAL, "keep_last": 1}
+    # eval_batches 1: the loop still evaluates at step 0 and at the end; the score is the whole-split one below
+    phase: dict = {"eval_every": NO_EVAL, "ckpt_every": NO_EVAL, "keep_last": 1, "eval_batches": 1}
     if max_time is not None or max_tokens is not None:
         phase |= {"total_steps": STEPS_UNBOUNDED, "max_time": max_time, "max_tokens": max_tokens}
     return {"pretrain": phase}

@@ -54,16 +54,17 @@ HF_DTYPES = {str(dtype).removeprefix("torch."): dtype for dtype in DTYPES.values
 # A unigram score no segmentation ever prefers: pieces sentencepiece never matches in text.
 NEVER_SCORE = -1e9
 # Renders exactly chat_format.render / prompt_ids: <|sys|>…<|eot|><|usr|>…<|eot|><|asst|>…<|eot|> [<|asst|>].
+_SYS, _USR, _ASST, _EOT = SPECIAL_TOKENS
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
-    "{%- if message['role'] == 'system' -%}{{- '<|sys|>' -}}"
-    "{%- elif message['role'] == 'user' -%}{{- '<|usr|>' -}}"
-    "{%- elif message['role'] == 'assistant' -%}{{- '<|asst|>' -}}"
+    f"{{%- if message['role'] == 'system' -%}}{{{{- '{_SYS}' -}}}}"
+    f"{{%- elif message['role'] == 'user' -%}}{{{{- '{_USR}' -}}}}"
+    f"{{%- elif message['role'] == 'assistant' -%}}{{{{- '{_ASST}' -}}}}"
     "{%- else -%}{{- raise_exception('ngpt chat roles are system, user and assistant, got ' + message['role']) -}}"
     "{%- endif -%}"
-    "{{- message['content'] -}}{{- '<|eot|>' -}}"
+    f"{{{{- message['content'] -}}}}{{{{- '{_EOT}' -}}}}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|asst|>' -}}{%- endif -%}"
+    f"{{%- if add_generation_prompt -%}}{{{{- '{_ASST}' -}}}}{{%- endif -%}}"
 )
 
 

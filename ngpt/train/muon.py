@@ -1,6 +1,6 @@
 """Muon: momentum SGD whose update is orthogonalised (Newton-Schulz), for the blocks' 2-D matrices.
 
-    opt = Muon([{"params": same_shape_matrices}], lr=0.02, momentum=0.95, weight_decay=0.0)
+    opt = Muon([{"params": same_shape_matrices}], lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=0.0, ns_steps=5)
 
 Per step and matrix W with gradient G (Keller Jordan's Muon, as torch.optim.Muon computes it):
     buf ← lerp(buf, G, 1 − momentum);  U ← lerp(G, buf, momentum)        (Nesterov)
@@ -42,7 +42,7 @@ def orthogonalize(updates: Tensor, steps: int) -> Tensor:
 class Muon(torch.optim.Optimizer):
     """Muon for 2-D parameters; each param group should hold one shape (they are stacked per group)."""
 
-    def __init__(self, params, lr: float, momentum: float, weight_decay: float = 0.0, ns_steps: int = 5) -> None:
+    def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "ns_steps": ns_steps})
         for group in self.param_groups:
             shapes = {tuple(p.shape) for p in group["params"]}
