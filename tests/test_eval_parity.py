@@ -6,7 +6,7 @@ A tiny random model, its `ngpt export hf` folder, and two task slices given to l
 YAMLs that `include:` lm_eval's own arc_easy and copa YAMLs (so the prompts are lm_eval's, not a copy):
 ARC-Easy zero-shot (hub-schema rows in a JSON array) and COPA 2-shot from its train split (SuperGLUE
 jsonl). Some prompts are longer than the model's context, so lm-eval's left truncation is compared too.
-Equal acc and acc_norm, and every choice's log-likelihood within float noise.
+Equal acc and acc_norm, and every choice's log-likelihood within float noise (1e-5 relative).
 """
 
 from __future__ import annotations
@@ -99,8 +99,10 @@ def test_ngpt_eval_equals_lm_eval_on_the_export(tmp_path, tiny_tokenizer, monkey
         ours = run_tasks(model, tok, runs, shots=shots, seed=1234, batch_size=5).tasks[0]
         theirs = run_lm_eval(hf_dir, yamls, f"parity_{name}", shots)
         assert len(theirs["lls"]) == ours.n
-        worst = max(abs(a - b) for q_ours, q_theirs in zip(ours.logprobs, theirs["lls"]) for a, b in zip(q_ours, q_theirs))
-        assert worst < 1e-3, (name, worst)
+        # float noise only: fp32 sums over different kernels (ngpt's KV-cache passes vs one padded forward)
+        worst = max(abs(a - b) / max(1.0, abs(b)) for q_ours, q_theirs in zip(ours.logprobs, theirs["lls"])
+                    for a, b in zip(q_ours, q_theirs))
+        assert worst < 1e-5, (name, worst)
         assert ours.acc == theirs["acc"], name
         if theirs["acc_norm"] is not None:
             assert ours.acc_norm == theirs["acc_norm"], name

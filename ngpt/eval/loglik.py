@@ -5,16 +5,19 @@
 logprob = Σ log P(continuation token | everything before it); greedy = every continuation token is the
 argmax — lm-eval's (loglikelihood, is_greedy), the same numbers up to float rounding.
 
-Two paths, one result:
-- Shared context (the whole request fits the model's context): a question's choices share their
-  context, so it runs once. Contexts of the same token length run as one batch with a KV cache that
-  keeps each layer's keys/values (_PrefixCache); then every choice's continuation of those contexts runs
-  as one padded batch over the cached contexts (RoPE positions continue after the context; the model's
-  causal mask over a cache does the rest). Right padding is harmless: a position attends only to
-  what comes before it. The head runs only at the positions scored, not over every context token.
-- Truncated (context + continuation > seq_len + 1): lm-eval's row, (context + continuation)
-  [-(seq_len + 1):][:-1] — cut from the left — scored in batches of equal-length rows. A continuation
-  longer than the whole window (lm-eval fails on one) is scored on its last seq_len tokens.
+How: a question's choices share their context, so it runs once. Contexts of the same token length
+run as one batch through a KV cache that keeps each layer's keys/values (_PrefixCache), with the head
+only at their last position (it predicts each continuation's first token); then the continuations
+of those contexts run as padded batches over the cached contexts (RoPE positions continue after the
+context, and the model's causal mask over a cache does the rest; right padding is harmless, since a
+position attends only to what comes before it). The head runs only where a token is scored.
+
+Too long for the model (context + continuation > seq_len + 1), lm-eval scores the row
+(context + continuation)[-(seq_len + 1):][:-1], cut from the left. That is the same as scoring the
+continuation after the context's last seq_len + 1 - len(continuation) tokens, so such a request
+becomes one with that shorter context and joins the same path (choices whose cut contexts agree
+share them too). A continuation longer than the whole window (lm-eval fails on one) is scored on
+its last seq_len tokens.
 """
 
 from __future__ import annotations
@@ -70,17 +73,21 @@ def score_requests(model: GPT, requests: list[Request], batch_size: int = 16,
     T = model.cfg.seq_len
     device = next(model.parameters()).device
     out: list[Score | None] = [None] * len(requests)
+    conts: dict[int, tuple[int, ...]] = {}  # the continuation each request scores
     by_context: dict[tuple[int, ...], list[int]] = {}
-    truncated: list[int] = []
     for i, r in enumerate(requests):
         if not r.context:
             raise ValueError(f"request {i} has an empty context; lm-eval scores an empty context after <|eot|>")
         if not r.continuation:  # nothing to score: log 1 = 0, and trivially all greedy (as lm-eval)
             out[i] = Score(0.0, True)
-        elif len(r.context) + len(r.continuation) <= T + 1:
-            by_context.setdefault(r.context, []).append(i)
-        else:
-            truncated.append(i)
+            continue
+        ctx, cont = r.context, r.continuation
+        if len(ctx) + len(cont) > T + 1:  # lm-eval's left cut, as a shorter context (module docstring)
+            window = (ctx + cont)[-(T + 1):]
+            n = min(len(cont), T)
+            ctx, cont = window[: T + 1 - n], window[T + 1 - n :]
+        conts[i] = cont
+        by_context.setdefault(ctx, []).append(i)
     was_training = model.training
     model.eval()
     with torch.inference_mode():
@@ -91,38 +98,32 @@ def score_requests(model: GPT, requests: list[Request], batch_size: int = 16,
             contexts = by_length[length]
             for start in range(0, len(contexts), batch_size):
                 chunk = contexts[start : start + batch_size]
-                _score_shared(model, requests, chunk, [by_context[c] for c in chunk], batch_size, device, out)
+                _score_shared(model, conts, chunk, [by_context[c] for c in chunk], batch_size, device, out)
                 if on_done is not None:
                     on_done(sum(len(by_context[c]) for c in chunk))
-        for start in range(0, len(truncated), batch_size):
-            chunk = truncated[start : start + batch_size]
-            _score_truncated(model, requests, chunk, device, out)
-            if on_done is not None:
-                on_done(len(chunk))
     model.train(was_training)
     return out  # type: ignore[return-value]
 
 
-def _score_shared(model: GPT, requests: list[Request], contexts: list[tuple[int, ...]], members: list[list[int]],
-                  batch_size: int, device: torch.device, out: list) -> None:
+def _score_shared(model: GPT, conts: dict[int, tuple[int, ...]], contexts: list[tuple[int, ...]],
+                  members: list[list[int]], batch_size: int, device: torch.device, out: list) -> None:
     """Contexts of one length (≤ batch_size) once, then all their continuations in padded batches."""
     cache = _PrefixCache()
     ctx = torch.tensor(contexts, dtype=torch.long, device=device)
     last, _ = model(ctx, kv_cache=cache, logits="last")  # the last context position predicts each first token
     first = [(g, i) for g, group in enumerate(members) for i in group]
     lp0, greedy0 = _token_scores(last[[g for g, _ in first], 0], torch.tensor(
-        [requests[i].continuation[0] for _, i in first], device=device))
+        [conts[i][0] for _, i in first], device=device))
     totals = {i: (float(lp), bool(ok)) for (_, i), lp, ok in zip(first, lp0.tolist(), greedy0.tolist())}
     # Continuations of 2+ tokens: their own tokens but the last are the inputs that predict the rest.
-    rest = sorted(((g, i) for g, i in first if len(requests[i].continuation) > 1),
-                  key=lambda gi: len(requests[gi[1]].continuation))
+    rest = sorted(((g, i) for g, i in first if len(conts[i]) > 1), key=lambda gi: len(conts[gi[1]]))
     for start in range(0, len(rest), batch_size):
         rows = rest[start : start + batch_size]
-        width = max(len(requests[i].continuation) for _, i in rows) - 1
+        width = max(len(conts[i]) for _, i in rows) - 1
         x = torch.zeros(len(rows), width, dtype=torch.long, device=device)
         pos_r, pos_t, targets = [], [], []
         for r, (_, i) in enumerate(rows):
-            cont = requests[i].continuation
+            cont = conts[i]
             x[r, : len(cont) - 1] = torch.tensor(cont[:-1])
             pos_r += [r] * (len(cont) - 1)
             pos_t += range(len(cont) - 1)
@@ -138,22 +139,3 @@ def _score_shared(model: GPT, requests: list[Request], contexts: list[tuple[int,
             totals[i] = (lp_first + sums[r], ok_first and misses[r] == 0)
     for i, (lp, ok) in totals.items():
         out[i] = Score(lp, ok)
-
-
-def _score_truncated(model: GPT, requests: list[Request], chunk: list[int], device: torch.device, out: list) -> None:
-    """lm-eval's left-truncated rows: each exactly seq_len tokens long, so they batch without padding."""
-    T = model.cfg.seq_len
-    rows = [(requests[i].context + requests[i].continuation)[-(T + 1):][:-1] for i in chunk]
-    logits, _ = model(torch.tensor(rows, dtype=torch.long, device=device))
-    pos_r, pos_t, targets, counts = [], [], [], []
-    for r, i in enumerate(chunk):
-        cont = requests[i].continuation[-T:]  # a continuation longer than the window: its last seq_len tokens
-        pos_r += [r] * len(cont)
-        pos_t += range(T - len(cont), T)
-        targets += cont
-        counts.append(len(cont))
-    lp, ok = _token_scores(logits[pos_r, pos_t], torch.tensor(targets, device=device))
-    start = 0
-    for i, n in zip(chunk, counts):
-        out[i] = Score(float(lp[start : start + n].sum()), bool(ok[start : start + n].all()))
-        start += n
