@@ -88,8 +88,8 @@ def _gguf():
 
 @dataclass
 class GGUFExportResult(ExportResult):
-    architecture: str = "llama"
-    modelfile: Path | None = None
+    architecture: str  # llama | qwen3 | arcee
+    modelfile: Path | None  # with --ollama
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,7 @@ def plamo2_vocab(tok: Tokenizer) -> GGUFVocab:
             f"tokenizer {tok.path} has no byte-fallback piece for {len(missing)} bytes (e.g. <0x{missing[0]:02X}>); "
             "llama.cpp's unigram tokenizer with byte fallback (plamo2) needs all 256. Retrain it with `ngpt tokenizer train`."
         )
-    specials = [i for i in range(tok.vocab_size) if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i)]
-    specials = set(specials)
+    specials = {i for i in range(tok.vocab_size) if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i)}
     # The user-defined "\n" scores 0, above every learned piece, so the minimum is over learned pieces.
     lowest = min(sp.get_score(i) for i in range(tok.vocab_size) if i not in specials)
     scale = PLAMO2_UNKNOWN_COST / (SPM_UNKNOWN_PENALTY - lowest)  # a positive scale keeps every Viterbi argmax
@@ -142,8 +141,7 @@ def plamo2_vocab(tok: Tokenizer) -> GGUFVocab:
         scores.append(score)
         types.append(kind)
     if len(set(tokens)) != len(tokens):  # llama.cpp aborts loading a vocabulary with two equal texts
-        seen: set[bytes] = set()
-        dup = next(t for t in tokens if t in seen or seen.add(t))
+        dup = next(t for t in tokens if tokens.count(t) > 1)
         raise ExportError(f"tokenizer {tok.path} has two pieces that both read {dup.decode(errors='replace')!r} "
                           "once U+2581 is a space; retrain it with `ngpt tokenizer train`")
     return GGUFVocab("plamo2", tok.vocab_size, tokens, scores, types, eot_id=tok.eot_id, unk_id=sp.unk_id())
@@ -158,11 +156,11 @@ def ids_only_vocab(size: int) -> GGUFVocab:
 # Tensors.
 
 
-def check_dtype(cfg: ModelSettings, dtype: str) -> None:
-    """ValueError naming --dtype for an unknown dtype, or q8_0 on rows that are not whole blocks."""
+def check_dtype(dtype: str, cfg: ModelSettings | None = None) -> None:
+    """ValueError naming --dtype for an unknown dtype, or (given the model) q8_0 on rows that are not whole blocks."""
     if dtype not in GGUF_DTYPES:
         raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(GGUF_DTYPES)}")
-    if dtype == "q8_0":
+    if cfg is not None and dtype == "q8_0":
         odd = {name: n for name, n in (("model.n_embd", cfg.n_embd), ("d_ff", cfg.ffn_dim)) if n % Q8_BLOCK}
         if odd:
             raise ValueError(f"--dtype q8_0 quantizes each row in blocks of {Q8_BLOCK} weights, but "
@@ -215,7 +213,7 @@ def write_gguf(path: str | Path, model_sd: dict[str, torch.Tensor], cfg: ModelSe
                dtype: str = "f32", generation: GenerationSettings | None = None, name: str = "ngpt") -> tuple[str, int]:
     """Write the GGUF file at `path` (atomically); returns (the llama.cpp architecture, parameters written)."""
     gguf = _gguf()
-    check_dtype(cfg, dtype)
+    check_dtype(dtype, cfg)
     arch = hf_model_type(cfg, TARGET)
     if vocab.size > cfg.vocab_size:
         raise CheckpointError(f"the tokenizer has {vocab.size} ids but model.vocab_size is {cfg.vocab_size}")
@@ -328,14 +326,13 @@ def export_gguf(ckpt: str | Path, out: str | Path, *, dtype: str = "f32", force:
     model_file = out.with_suffix(".Modelfile")
     if ollama and model_file.exists() and not force:
         raise FileExistsError(f"{model_file} exists; pass --force to replace it (with {out}), or choose another --out")
-    if dtype not in GGUF_DTYPES:  # before loading anything
-        raise ValueError(f"--dtype {dtype!r}: choose one of {', '.join(GGUF_DTYPES)}")
+    check_dtype(dtype)  # before loading anything
     state = load_checkpoint(path)
     tok = checkpoint_tokenizer(state)
     check_lossless(tok)
     cfg = ModelSettings(**state["model_config"])
     hf_model_type(cfg, TARGET)  # refused options named before any work
-    check_dtype(cfg, dtype)
+    check_dtype(dtype, cfg)
     gen = checkpoint_sampling(state, path)
     arch, num_params = write_gguf(out, state["model"], cfg, plamo2_vocab(tok), dtype, gen)
     files = {out.name: out.stat().st_size}
