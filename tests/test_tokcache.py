@@ -460,7 +460,8 @@ def test_a_lone_surrogate_mid_build_names_file_and_line_and_leaves_no_cache(tmp_
     written = []
     with pytest.raises(SourceDataError, match=rf"{path}:2501 \(row 2500\), column 'response', holds a lone UTF-16 surrogate U\+D800"):
         build_source(settings, make_source("dolly15k", settings), tiny_tokenizer, progress=lambda n, tokens: written.append(tokens))
-    assert written and written[-1] > 0  # the build was under way: shards existed in its temp folder
+    if workers == 1:  # in order, in this process: chunks before the bad line were tokenized and written first
+        assert written and written[-1] > 0  # (with a pool, how far it got before the reader stops depends on timing)
     assert _leftovers(tmp_path / "cache") == []  # no cache, no temp folder
 
     # The same through the command, as a user meets it: one panel naming the file and line, exit 1.
