@@ -81,6 +81,7 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     probs = sorted_logits.softmax(dim=-1)
     # A token goes when the tokens ranked above it already hold p; the top token has 0 above it.
     drop_sorted = probs.cumsum(dim=-1) - probs >= p
+    drop_sorted[..., 0] = False  # even when p rounds to 0 in fp32
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
@@ -89,7 +90,11 @@ def sample_next(logits: Tensor, params: SamplingParams, generator: torch.Generat
     """The next id from processed logits (V,): argmax at temperature 0, else a draw on the CPU."""
     if params.temperature == 0:
         return int(logits.argmax())
-    logits = top_p_filter(top_k_filter(logits / params.temperature, params.top_k), params.top_p)
+    # An extreme penalty can overflow a logit to inf; the top one minus the max is 0, so a tiny temperature
+    # (1e-45) gives -inf for the others and 0 for the top instead of inf/inf = nan.
+    logits = logits.nan_to_num(nan=float("-inf"), posinf=torch.finfo(logits.dtype).max)
+    logits = (logits - logits.max()) / params.temperature
+    logits = top_p_filter(top_k_filter(logits, params.top_k), params.top_p)
     # On the CPU with a CPU generator: the same seed and probabilities give the same draw on any device.
     probs = logits.softmax(dim=-1).cpu()
     return int(torch.multinomial(probs, 1, generator=generator))

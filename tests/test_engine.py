@@ -297,3 +297,16 @@ def test_text_stream_never_splits_a_character(tiny_tokenizer):
     assert "".join(pieces) + stream.flush() == text
     assert all("\ufffd" not in p for p in pieces)
     assert "日" in pieces and "本" in pieces  # released whole once their third byte arrives
+
+
+def test_sampling_survives_extreme_parameters():
+    """A temperature or top_p that rounds to 0, or a penalty that overflows a logit, still picks a token (the top one)."""
+    from ngpt.sampling import apply_repetition_penalty, sample_next
+
+    logits = torch.tensor([1.0, 3.0, 2.0, -1.0])
+    gen = torch.Generator().manual_seed(0)
+    for params in (SamplingParams(temperature=1e-45), SamplingParams(temperature=1.0, top_p=1e-50, top_k=0)):
+        assert sample_next(logits, params, gen) == 1
+    seen = torch.tensor([False, True, False, False])
+    penalised = apply_repetition_penalty(logits, seen, 1e-50)  # 3.0 / 1e-50 overflows to inf
+    assert sample_next(penalised, SamplingParams(temperature=0.7), gen) == 1
