@@ -56,7 +56,7 @@ from ngpt.checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 from ngpt.export.hf import CHAT_TEMPLATE, ExportError, ExportResult, check_lossless, checkpoint_tokenizer, hf_model_type, hf_state_dict
 from ngpt.inference import checkpoint_generation
 from ngpt.io_utils import atomic_output, atomic_write_text
-from ngpt.settings import GenerationSettings, ModelSettings
+from ngpt.settings import SPECIAL_TOKENS, GenerationSettings, ModelSettings
 from ngpt.tokenizer import SPACE_MARK, Tokenizer
 
 GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
@@ -69,10 +69,11 @@ UNREACHABLE_SCORE = -3000.0
 PLAMO2_UNKNOWN_COST, SPM_UNKNOWN_PENALTY = 1000.0, 10.0
 MAX_VOCAB = 2**31 - 1  # llama.cpp token ids are int32 (llama_token)
 Q8_BLOCK = 32
+_SYS, _USR, _ASST, _EOT = SPECIAL_TOKENS
 OLLAMA_TEMPLATE = (  # Go template: the same rendering as CHAT_TEMPLATE (one line: every character outside {{ }} is text)
-    '{{ range .Messages }}{{ if eq .Role "system" }}<|sys|>{{ .Content }}<|eot|>'
-    '{{ else if eq .Role "user" }}<|usr|>{{ .Content }}<|eot|>'
-    '{{ else if eq .Role "assistant" }}<|asst|>{{ .Content }}<|eot|>{{ end }}{{ end }}<|asst|>'
+    f'{{{{ range .Messages }}}}{{{{ if eq .Role "system" }}}}{_SYS}{{{{ .Content }}}}{_EOT}'
+    f'{{{{ else if eq .Role "user" }}}}{_USR}{{{{ .Content }}}}{_EOT}'
+    f'{{{{ else if eq .Role "assistant" }}}}{_ASST}{{{{ .Content }}}}{_EOT}{{{{ end }}}}{{{{ end }}}}{_ASST}'
 )
 
 
@@ -283,7 +284,7 @@ def write_sampling(w, gen: GenerationSettings) -> None:
 def modelfile(gguf_name: str, gen: GenerationSettings, seq_len: int) -> str:
     """An ollama Modelfile for the GGUF file next to it: the template, the stop token and ngpt chat's sampling."""
     params = {
-        "stop": '"<|eot|>"',
+        "stop": f'"{_EOT}"',
         "num_ctx": seq_len,  # ollama's default context is longer than the model was trained for
         "num_predict": gen.max_new_tokens,
         "temperature": gen.temperature,
