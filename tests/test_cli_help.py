@@ -22,6 +22,9 @@ SETTINGS_FLAGS = {
                              "--workers": "data.workers", "--seed": "data.seed"},
     ("tokenizer", "train"): {"--vocab-size": "tokenizer.vocab_size", "--sample-bytes": "tokenizer.sample_bytes",
                              "--seed": "tokenizer.seed"},
+    ("chat",): {"--max-new-tokens": "generation.max_new_tokens", "--temperature": "generation.temperature",
+                "--top-k": "generation.top_k", "--top-p": "generation.top_p",
+                "--repetition-penalty": "generation.repetition_penalty", "--seed": "generation.seed"},
 }
 
 
@@ -35,11 +38,13 @@ def description(dotted: str) -> str:
 
 def test_settings_flags_take_their_help_from_the_settings_descriptions():
     group = typer.main.get_command(app)
-    for (sub, name), flags in SETTINGS_FLAGS.items():
-        command = group.commands[sub].commands[name]
+    for path, flags in SETTINGS_FLAGS.items():
+        command = group
+        for name in path:
+            command = command.commands[name]
         helps = {opt: p.help for p in command.params for opt in p.opts}
         for flag, dotted in flags.items():
-            assert description(dotted) in helps[flag], (sub, name, flag)
+            assert description(dotted) in helps[flag], (path, flag)
 
 
 def test_train_pretrain_help_shows_the_descriptions():

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 import typer
 from rich.console import Console
 
-from ngpt.cli.common import ConfigOpt, PrintConfigOpt, ThreadsOpt, WeightsOpt, resolve_settings
+from ngpt.cli.common import CkptOpt, ConfigOpt, PrintConfigOpt, ThreadsOpt, WeightsOpt, resolve_settings, setting_help
 from ngpt.console import console, err_console, error_panel, kv_table
 
 if TYPE_CHECKING:
@@ -105,9 +105,7 @@ def footer(turn: Turn, seed_given: bool) -> str:
 
 
 def chat(
-    ckpt: Annotated[
-        Path, typer.Option("--ckpt", help="Checkpoint .pt, or a folder with best.pt/latest.pt (phase, checkpoints/, hub download).")
-    ],
+    ckpt: CkptOpt,
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="Answer this once and exit (for scripts).")] = None,
     system: Annotated[
         Optional[str], typer.Option(help=f'System prompt (default: {DEFAULT_SYSTEM_FILE} when present; "" = none).')
@@ -115,12 +113,12 @@ def chat(
     system_file: Annotated[
         Optional[Path], typer.Option(exists=True, dir_okay=False, help="Read the system prompt from this UTF-8 file.")
     ] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help="Longest reply in tokens (default generation.max_new_tokens).")] = None,
-    temperature: Annotated[Optional[float], typer.Option(min=0, help="0 = greedy (default generation.temperature).")] = None,
-    top_k: Annotated[Optional[int], typer.Option(min=0, help="Sample from the k most likely tokens; 0 = off.")] = None,
-    top_p: Annotated[Optional[float], typer.Option(help="Nucleus sampling mass in (0, 1]; 1 = off.")] = None,
-    repetition_penalty: Annotated[Optional[float], typer.Option(help=">1 discourages repeating tokens; 1 = off.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Sampling seed: the same seed and input give the same reply.")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(min=1, help=setting_help("generation.max_new_tokens"))] = None,
+    temperature: Annotated[Optional[float], typer.Option(min=0, help=setting_help("generation.temperature"))] = None,
+    top_k: Annotated[Optional[int], typer.Option(min=0, help=setting_help("generation.top_k"))] = None,
+    top_p: Annotated[Optional[float], typer.Option(help=setting_help("generation.top_p"))] = None,
+    repetition_penalty: Annotated[Optional[float], typer.Option(help=setting_help("generation.repetition_penalty"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help=setting_help("generation.seed"))] = None,
     no_kv_cache: Annotated[bool, typer.Option("--no-kv-cache", help="Recompute the whole sequence per token (slow; for comparison).")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps.")] = "auto",
     precision: WeightsOpt = "auto",

@@ -16,14 +16,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ngpt.cli.common import ConfigOpt, ThreadsOpt, WeightsOpt
+from ngpt.cli.common import CkptOpt, ConfigOpt, ThreadsOpt, WeightsOpt
 from ngpt.console import console, kv_table
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def serve(
-    ckpt: Annotated[Path, typer.Option("--ckpt", help="Checkpoint file, or a folder holding best.pt / latest.pt.")],
+    ckpt: CkptOpt,
     host: Annotated[str, typer.Option(help="Address to bind. 127.0.0.1 = this machine only; 0.0.0.0 = every interface.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0 = any free port; uvicorn logs which).")] = 8000,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="NGPT_API_KEY", help="Require `Authorization: Bearer KEY` on /v1 routes.")] = None,
