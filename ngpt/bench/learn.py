@@ -143,5 +143,19 @@ def run_in_subprocess(plan: LearnPlan, name: str, extra: dict) -> LearnResult:
                        data["val_tokens"], data["params"])
 
 
+def comparison_rows(results: list[LearnResult]) -> tuple[tuple[str, ...], list[tuple]]:
+    """The ablation table: the first result is the baseline every Δ is taken against."""
+    header = ("run", "val bpb", "Δ vs baseline", "val loss", "steps", "tokens", "tokens/s", "params")
+    base = results[0].val_bpb
+    rows = [(r.name, f"{r.val_bpb:.4f}", "—" if i == 0 else f"{r.val_bpb - base:+.4f}", f"{r.val_loss:.4f}", str(r.steps),
+             f"{r.tokens:,}", f"{r.tokens_per_s:,.0f}", f"{r.params:,}") for i, r in enumerate(results)]
+    return header, rows
+
+
+def markdown_table(header: tuple[str, ...], rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]) + "\n"
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)

@@ -6,7 +6,8 @@
 
 Prints the plan, trains (one run; or with --ablate the baseline and every variant, each in a fresh
 process with the same seed and budget), then a table of val bits/byte against the baseline; the last
-line is JSON. The library side is ngpt/bench/learn.py.
+line is JSON. An ablation also writes that table and JSON to --out/ablation.md and ablation.json.
+The library side is ngpt/bench/learn.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ngpt.cli.common import ConfigOpt, SourceOpt, resolve_settings, setting_help
+from ngpt.cli.common import ConfigOpt, SourceOpt, setting_help
 from ngpt.console import console, kv_table, table
 
 
@@ -37,8 +38,10 @@ def learn(
     result_file: Annotated[Optional[Path], typer.Option("--result-file", hidden=True)] = None,
 ) -> None:
     """Train for a fixed budget and report val bits/byte (steps, tokens, tokens/s); --ablate compares variants."""
-    from ngpt.bench.learn import LearnPlan, budget_overrides, nested, parse_assignment, run_in_subprocess, run_learn, variants
-    from ngpt.settings import deep_merge, parse_source_flags
+    from ngpt.bench.learn import (LearnPlan, budget_overrides, comparison_rows, markdown_table, nested, parse_assignment,
+                                  run_in_subprocess, run_learn, variants)
+    from ngpt.io_utils import atomic_write_text
+    from ngpt.settings import deep_merge, load_settings, parse_source_flags
 
     base = deep_merge(parse_source_flags(source), budget_overrides(max_time, max_tokens))
     for item in set_ or []:
@@ -50,9 +53,11 @@ def learn(
         base = json.loads(overrides_json)
     plan = LearnPlan(config, base, [parse_assignment(a, "--ablate") for a in ablate or []], out)
     runs = variants(plan)
-    for run_name, extra in runs:  # every variant's settings load before any training starts
-        resolve_settings(config, None, deep_merge(base, extra))
-    settings = resolve_settings(config, None, base)
+    # load_settings, not resolve_settings: a --set/--ablate value of null (e.g. model.logit_softcap=null) is a
+    # setting, not an absent flag to prune. Every variant's settings load before any training starts.
+    for run_name, extra in runs:
+        load_settings(config, overrides=deep_merge(base, extra))
+    settings = load_settings(config, overrides=base)
     if not quiet:
         t = settings.pretrain
         console.print(kv_table("bench learn", {
@@ -73,12 +78,15 @@ def learn(
             if not quiet:
                 r = results[-1]
                 console.print(f"{run_name}: val {r.val_bpb:.4f} bits/byte, {r.steps} steps, {r.tokens_per_s:,.0f} tok/s")
+    if result_file is not None:  # a child run's answer to its parent
+        atomic_write_text(result_file, json.dumps(results[0].to_json()))
+    if quiet:
+        return
+    header, rows = comparison_rows(results)
+    console.print(table("val bits/byte", header, rows))
     record = {"mode": "learn", "runs": [r.to_json() for r in results]}
-    if result_file is not None:
-        result_file.write_text(json.dumps(results[0].to_json()))
-    if not quiet:
-        base_bpb = results[0].val_bpb
-        console.print(table("val bits/byte", ("run", "val bpb", "Δ vs baseline", "val loss", "steps", "tokens", "tokens/s", "params"), [
-            (r.name, f"{r.val_bpb:.4f}", "—" if i == 0 else f"{r.val_bpb - base_bpb:+.4f}", f"{r.val_loss:.4f}", r.steps,
-             f"{r.tokens:,}", f"{r.tokens_per_s:,.0f}", f"{r.params:,}") for i, r in enumerate(results)]))
-        print(json.dumps(record))
+    if len(results) > 1:  # an ablation's table and record stay beside its runs
+        atomic_write_text(out / "ablation.md", markdown_table(header, rows))
+        atomic_write_text(out / "ablation.json", json.dumps(record, indent=1))
+        console.print(f"table and JSON: {out / 'ablation.md'}, {out / 'ablation.json'}")
+    print(json.dumps(record))
