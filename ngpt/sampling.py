@@ -50,6 +50,11 @@ class SamplingParams:
                 raise ValueError(message)
 
     @classmethod
+    def greedy(cls, max_new_tokens: int, **fields) -> SamplingParams:
+        """Argmax at every step, nothing reweighted: what evaluations and parity checks compare."""
+        return cls(max_new_tokens=max_new_tokens, temperature=0.0, top_k=0, top_p=1.0, repetition_penalty=1.0, **fields)
+
+    @classmethod
     def from_settings(cls, gen: GenerationSettings, **overrides) -> SamplingParams:
         """The `generation` section of the settings, plus per-call fields (banned_ids, trace, ...)."""
         return cls(**{**gen.model_dump(), **overrides})

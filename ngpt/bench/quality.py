@@ -81,7 +81,7 @@ def run_quality(plan: QualityPlan) -> list[QualityRow]:
         budget = model.cfg.seq_len - len(ids)
         if budget < 1:
             continue  # a prompt that fills the context leaves nothing to compare
-        params = SamplingParams(max_new_tokens=min(plan.max_new_tokens, budget), temperature=0)
+        params = SamplingParams.greedy(min(plan.max_new_tokens, budget))
         reply = reference.generate(ids, params).ids
         seq = torch.tensor([ids + reply[:-1]])
         positions = slice(len(ids) - 1, len(ids) - 1 + len(reply))  # the positions that chose each reply token

@@ -55,7 +55,7 @@ def chat_prompt(tok: Tokenizer, q: ChatQuestion, seq_len: int) -> tuple[list[int
 def chat_accuracy(model: GPT, tok: Tokenizer, task: Task, docs: list[dict],
                   progress: Callable[[str, int], Callable[[int], None]] | None = None) -> dict:
     engine = Engine(model, tok, precision=NO_AUTOCAST)
-    params = SamplingParams(temperature=0.0, max_new_tokens=MAX_REPLY_TOKENS)
+    params = SamplingParams.greedy(MAX_REPLY_TOKENS)
     advance = progress(f"{task.name} (chat)", len(docs)) if progress else (lambda n: None)
     hits = no_letter = cut = 0
     chance = 0.0

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from ngpt.eval.prompts import Request
 from ngpt.model import GPT
+from ngpt.settings import SPECIAL_TOKENS
 
 
 KV_BUDGET_BYTES = 256 << 20  # fp32 keys/values of the contexts whose continuations are batched together
@@ -91,7 +92,7 @@ def score_requests(model: GPT, requests: list[Request], batch_size: int = 16,
     by_context: dict[tuple[int, ...], list[int]] = {}
     for i, r in enumerate(requests):
         if not r.context:
-            raise ValueError(f"request {i} has an empty context; lm-eval scores an empty context after <|eot|>")
+            raise ValueError(f"request {i} has an empty context; lm-eval scores an empty context after {SPECIAL_TOKENS[-1]}")
         if not r.continuation:  # nothing to score: log 1 = 0, and trivially all greedy (as lm-eval)
             out[i] = Score(0.0, True)
             continue

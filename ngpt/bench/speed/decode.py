@@ -210,7 +210,7 @@ def run_decode_speed(plan: DecodePlan) -> DecodeSpeedReport:
 
     def ours(engine: Engine) -> Callable[[int], float]:
         def run(n: int) -> float:
-            return engine.generate(ids, SamplingParams(max_new_tokens=n, temperature=0)).prefill_ms
+            return engine.generate(ids, SamplingParams.greedy(n)).prefill_ms
 
         return run
 
