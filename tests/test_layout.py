@@ -96,3 +96,32 @@ def test_no_import_circle():
     for n in sorted(top):
         visit(n)
     assert cycles == []
+
+
+def readme_layout() -> set[str]:
+    """The module paths the README's Layout block names (a folder line's own *.py tokens are files in it)."""
+    text = (PKG.parent / "README.md").read_text(encoding="utf-8")
+    block = text[text.index("## Layout"):].split("```")[1]
+    found, stack = set(), []  # stack: (indent, folder)
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        name, *rest = line.split()
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        folder = "/".join(f for _, f in stack)
+        if name.endswith("/"):
+            stack.append((indent, name.rstrip("/")))
+            folder = "/".join(f for _, f in stack)
+            found |= {f"{folder}/{t}" for t in rest if t.endswith(".py")}
+        elif name.endswith(".py"):
+            found |= {f"{folder}/{t}" for t in [name, *rest] if t.endswith(".py")}
+    return found
+
+
+def test_the_readme_layout_names_every_module_and_only_those():
+    tree = {p.relative_to(PKG.parent).as_posix() for p in PKG.rglob("*.py") if p.name not in ("__init__.py", "__main__.py")}
+    named = {p for p in readme_layout() if p.startswith("ngpt/")}
+    assert sorted(tree - named) == [], "modules missing from the README's Layout"
+    assert sorted(named - tree) == [], "README Layout lines for modules that do not exist"
