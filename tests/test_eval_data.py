@@ -272,6 +272,29 @@ def test_bad_task_files_name_file_line_and_field(case, tmp_path):
     assert all(w in str(e.value) for w in want), str(e.value)
 
 
+@pytest.mark.parametrize("case", ["lone surrogate", "deep nesting", "huge integer", "array surrogate"])
+def test_hostile_task_rows_are_task_data_errors_naming_file_and_line(case, tmp_path):
+    """What a hostile request does to the server (issue 14) is a clear error in a task file too, never a traceback."""
+    good = '{"goal": "g", "sol1": "a", "sol2": "b", "label": 0}'
+    bad = {"lone surrogate": '{"goal": "g\\ud800", "sol1": "a", "sol2": "b", "label": 0}',
+           "deep nesting": '{"goal": "g", "sol1": "a", "sol2": "b", "label": 0, "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+           "huge integer": '{"goal": "g", "sol1": "a", "sol2": "b", "label": ' + "9" * 5000 + "}",
+           "array surrogate": None}[case]
+    if bad is None:
+        path = tmp_path / "test.json"
+        path.write_text("[\n" + json.dumps(ARC_HF[0]) + ",\n" + json.dumps({**ARC_HF[0], "question": "q"}).replace('"q"', '"q\\udbff"') + "\n]")
+        task, want = "arc_easy", [f"{path}:3", "U+DBFF"]
+    else:
+        path = tmp_path / "valid.jsonl"
+        path.write_text(good + "\n" + bad + "\n")
+        (tmp_path / "valid-labels.lst").write_text("0\n1\n")
+        task = "piqa"
+        want = [f"{path}:2", {"lone surrogate": "U+D800", "deep nesting": "nested too deeply", "huge integer": "digits"}[case]]
+    with pytest.raises(TaskDataError) as e:
+        load_splits(get_task(task), path)
+    assert all(w in str(e.value) for w in want), str(e.value)
+
+
 def test_unknown_task_lists_the_known_ones():
     with pytest.raises(TaskDataError) as e:
         get_task("arc_eazy")

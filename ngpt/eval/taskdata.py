@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ngpt.eval.tasks.base import Question, Row, Task, TaskDataError
+from ngpt.tokenizer import UnencodableText, check_encodable
 
 SPLIT_WORDS = {"train": "train", "dev": "validation", "val": "validation", "valid": "validation",
                "validation": "validation", "test": "test", "tests": "test"}
@@ -146,10 +147,40 @@ def read_rows(path: Path) -> list[Row]:
         if not line.strip():
             continue
         try:
-            rows.append((json.loads(line), f"{path}:{n}"))
+            rows.append((_decoded(json.loads, line, f"{path}:{n}"), f"{path}:{n}"))
         except json.JSONDecodeError as e:
             raise TaskDataError(f"{path}:{n}: not valid JSON (column {e.colno}: {e.msg})") from None
     return rows
+
+
+def _decoded(decode, text: str, where: str, *args):
+    """decode(text, *args), with what json raises on hostile input (and lone surrogates) as TaskDataError."""
+    try:
+        result = decode(text, *args)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise TaskDataError(f"{where}: JSON nested too deeply to read; a task row is one flat object") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise TaskDataError(f"{where}: not valid JSON ({e})") from None
+    _check_strings(result[0] if isinstance(result, tuple) else result, where)
+    return result
+
+
+def _check_strings(obj, where: str) -> None:
+    """Every string in a parsed row is text the tokenizer can encode (a JSON \\ud800 escape is not)."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                check_encodable(item, where)
+            except UnencodableText as e:
+                raise TaskDataError(str(e)) from None
+        elif isinstance(item, dict):
+            stack += list(item.keys()) + list(item.values())
+        elif isinstance(item, list):
+            stack += item
 
 
 def _json_array(path: Path, text: str) -> list[Row]:
@@ -161,7 +192,7 @@ def _json_array(path: Path, text: str) -> list[Row]:
     i = ws.match(text, text.index("[") + 1).end()
     try:
         while text[i : i + 1] != "]":
-            obj, end = decoder.raw_decode(text, i)
+            obj, end = _decoded(decoder.raw_decode, text, f"{path}:{line_of(i)}", i)
             rows.append((obj, f"{path}:{line_of(i)}"))
             i = ws.match(text, end).end()
             if text[i : i + 1] == ",":
