@@ -58,7 +58,7 @@ class _Section(BaseModel):
 
 
 class ModelSettings(_Section):
-    """Transformer shape. d_ff=None means SwiGLU's 8/3·C rounded up to a multiple of 64."""
+    """Transformer shape and architecture options (defaults: the measured recipe, README *Training recipe*; configs/classic.json: 2023 Llama)."""
 
     vocab_size: int = Field(16384, gt=0, description="Vocabulary size (must equal the tokenizer's).")
     seq_len: int = Field(512, gt=0, description="Context length T in tokens.")
@@ -69,13 +69,13 @@ class ModelSettings(_Section):
     rope_theta: float = Field(10000.0, gt=0, description="RoPE base frequency.")
     norm_eps: float = Field(1e-5, gt=0, description="RMSNorm epsilon.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout probability (0 = off).")
-    mlp: MlpChoice = Field("swiglu", description="MLP: swiglu (Llama: down(silu(gate x) * up x)) | relu2 (down(relu(up x)²)).")
+    mlp: MlpChoice = Field("relu2", description="MLP: swiglu (Llama: down(silu(gate x) * up x)) | relu2 (down(relu(up x)²)).")
     qk_norm: bool = Field(False, description="RMSNorm each head's queries and keys before RoPE (Qwen3, modded-nanogpt).")
-    tie_embeddings: bool = Field(True, description="The LM head is the token embedding (one V×C matrix).")
+    tie_embeddings: bool = Field(False, description="The LM head is the token embedding (one V×C matrix).")
     logit_softcap: float | None = Field(None, gt=0, description="Logits become cap·tanh(logits/cap) (Gemma 2, nanochat: 15); None = off.")
     zero_init: bool = Field(False, description="Attention and MLP output projections (and an untied head) start at zero.")
-    norm_gains: bool = Field(True, description="RMSNorms carry a learned gain; false = parameter-free norms.")
-    embed_norm: bool = Field(False, description="RMSNorm the token embedding before the first block.")
+    norm_gains: bool = Field(False, description="RMSNorms carry a learned gain; false = parameter-free norms.")
+    embed_norm: bool = Field(True, description="RMSNorm the token embedding before the first block.")
 
     @property
     def head_dim(self) -> int:
@@ -185,29 +185,29 @@ class TokenizerSettings(_Section):
 class TrainSettings(_Section):
     """One phase of training (pretrain or sft); both share the loop."""
 
-    optimizer: OptimizerChoice = Field("adamw", description="adamw: AdamW for every parameter | muon: Muon for the blocks' matrices, AdamW for the rest.")
-    lr: float = Field(6e-4, gt=0, description="AdamW learning rate of the blocks' matrices (optimizer=adamw).")
-    muon_lr: float = Field(0.02, gt=0, description="Muon learning rate of the blocks' matrices (optimizer=muon), ×√max(1, rows/cols) per matrix.")
-    embed_lr: float = Field(6e-4, gt=0, description="AdamW learning rate of the token embedding.")
-    head_lr: float = Field(6e-4, gt=0, description="AdamW learning rate of an untied LM head.")
-    scalar_lr: float = Field(6e-4, gt=0, description="AdamW learning rate of the norm gains.")
-    lr_scaling: bool = Field(False, description="Scale the learning rates, given for lr_ref_width and lr_ref_batch_tokens, to this model and batch (ngpt.train.optim.scaled_lrs).")
+    optimizer: OptimizerChoice = Field("muon", description="adamw: AdamW for every parameter | muon: Muon for the blocks' matrices, AdamW for the rest.")
+    lr: float = Field(3e-3, gt=0, description="AdamW learning rate of the blocks' matrices (optimizer=adamw).")
+    muon_lr: float = Field(0.04, gt=0, description="Muon learning rate of the blocks' matrices (optimizer=muon), ×√max(1, rows/cols) per matrix.")
+    embed_lr: float = Field(0.3, gt=0, description="AdamW learning rate of the token embedding.")
+    head_lr: float = Field(0.004, gt=0, description="AdamW learning rate of an untied LM head.")
+    scalar_lr: float = Field(0.04, gt=0, description="AdamW learning rate of the norm gains.")
+    lr_scaling: bool = Field(True, description="Scale the learning rates, given for lr_ref_width and lr_ref_batch_tokens, to this model and batch (ngpt.train.optim.scaled_lrs).")
     lr_ref_width: int = Field(128, gt=0, description="The model width C the learning rates are given for (with lr_scaling).")
     lr_ref_batch_tokens: int = Field(4096, gt=0, description="The tokens per optimizer step the learning rates are given for (with lr_scaling).")
     muon_ns_steps: int = Field(5, gt=0, le=20, description="Newton-Schulz iterations Muon orthogonalises each update with.")
-    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas (every AdamW group).")
-    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    adam_betas: tuple[float, float] = Field((0.8, 0.95), description="AdamW betas (every AdamW group).")
+    adam_eps: float = Field(1e-10, gt=0, description="AdamW epsilon.")
     muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon's Nesterov momentum after its warmup.")
     muon_momentum_start: float = Field(0.85, ge=0, lt=1, description="Muon's momentum at step 0, rising linearly to muon_momentum.")
     muon_momentum_warmup_steps: int = Field(300, ge=0, description="Steps over which Muon's momentum rises (0 = none).")
-    schedule: ScheduleChoice = Field("cosine", description="cosine: warmup, cosine decay | wsd: warmup, stable, linear warmdown.")
-    warmup_steps: int = Field(200, ge=0, description="Optimizer steps of linear warmup from 0 to the peak learning rates.")
+    schedule: ScheduleChoice = Field("wsd", description="cosine: warmup, cosine decay | wsd: warmup, stable, linear warmdown.")
+    warmup_steps: int = Field(10, ge=0, description="Optimizer steps of linear warmup from 0 to the peak learning rates.")
     warmdown_frac: float = Field(0.7, gt=0, le=1, description="wsd: the share of the budget at the end spent decaying to final_lr_frac.")
-    final_lr_frac: float = Field(0.1, ge=0, le=1, description="Learning rate at the end of the budget, as a fraction of each group's peak.")
+    final_lr_frac: float = Field(0.0, ge=0, le=1, description="Learning rate at the end of the budget, as a fraction of each group's peak.")
     total_steps: int = Field(5000, gt=0, description="Optimizer steps for this phase (with max_tokens and max_time: whichever ends first).")
     micro_batch: int = Field(8, gt=0, description="Sequences per forward pass (micro_B).")
-    accum_steps: int = Field(4, gt=0, description="Micro-batches per optimizer step.")
-    weight_decay: float = Field(0.1, ge=0, description="Weight decay of the blocks' matrices and the embedding/head (AdamW and Muon alike).")
+    accum_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay of the blocks' matrices and the embedding/head (AdamW and Muon alike).")
     grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
     eval_every: int = Field(250, gt=0, description="Measure the val losses every this many steps.")
     eval_batches: int = Field(20, gt=0, description="Micro-batches per val loss.")
@@ -254,9 +254,17 @@ def format_duration(seconds: float) -> str:
     return "".join(f"{v}{unit}" for v, unit in ((h, "h"), (m, "m"), (s, "s")) if v)
 
 
+# SFT keeps the classic AdamW recipe (not ablated yet): a low, flat lr on a model that already learned.
+# A layer under every config, so an `sft` section that sets one key keeps the others.
+SFT_DEFAULTS: dict[str, Any] = {
+    "optimizer": "adamw", "lr": 1e-4, "embed_lr": 1e-4, "head_lr": 1e-4, "scalar_lr": 1e-4, "lr_scaling": False,
+    "adam_betas": (0.9, 0.95), "adam_eps": 1e-8, "weight_decay": 0.1, "schedule": "cosine", "warmup_steps": 50,
+    "final_lr_frac": 0.1, "accum_steps": 4, "total_steps": 1000, "eval_every": 100, "ckpt_every": 200,
+}
+
+
 def _sft_defaults() -> TrainSettings:
-    return TrainSettings(lr=1e-4, embed_lr=1e-4, head_lr=1e-4, scalar_lr=1e-4, warmup_steps=50, total_steps=1000,
-                         eval_every=100, ckpt_every=200)
+    return TrainSettings(**SFT_DEFAULTS)
 
 
 class GenerationSettings(_Section):
@@ -411,7 +419,7 @@ def load_settings(
     if overrides:
         layers.append(("command-line flags", overrides))
 
-    merged: dict = {}
+    merged: dict = {"sft": dict(SFT_DEFAULTS)}
     for origin, layer in layers:
         unknown = _unknown_keys(Settings, layer)
         if unknown:

@@ -246,6 +246,14 @@ def write_all_sources(dir: str | Path) -> dict[str, Path]:
     }
 
 
+# ---------------------------------------------------------------- the classic architecture
+
+
+def classic_model() -> dict:
+    """configs/classic.json's model options: the 2023 Llama (SwiGLU, tied head, gains) the recipe options are measured from."""
+    return json.loads((Path(__file__).resolve().parents[1] / "configs" / "classic.json").read_text())["model"]
+
+
 # ---------------------------------------------------------------- a whole tiny workspace
 
 

@@ -19,6 +19,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import WORDS
+from fixtures import classic_model
 from ngpt.chat_format import prompt_ids, render
 from ngpt.device import Precision
 from ngpt.engine import Engine
@@ -41,7 +42,8 @@ def write_tiny_checkpoint(path: Path, tok: Tokenizer, *, seed: int = 0, step: in
     """A checkpoint in the training loop's layout around a tiny model; weights drawn wide enough that
     greedy decoding does not just repeat the last token."""
     torch.manual_seed(seed)
-    cfg = ModelSettings(vocab_size=tok.vocab_size, seq_len=96, n_embd=64, n_layer=2, n_head=4, d_ff=96, rope_theta=5000.0, norm_eps=1e-6)
+    cfg = ModelSettings(vocab_size=tok.vocab_size, seq_len=96, n_embd=64, n_layer=2, n_head=4, d_ff=96, rope_theta=5000.0, norm_eps=1e-6,
+                        **classic_model())  # LlamaForCausalLM; the recipe's options export as test_model_options.py checks
     model = GPT(cfg)
     with torch.no_grad():
         for p in model.parameters():

@@ -35,7 +35,7 @@ from ngpt.sampling import SamplingParams
 from ngpt.settings import IGNORE_INDEX, ModelSettings
 from ngpt.tokenizer import SourceSample, Tokenizer, train_tokenizer
 from test_export import ODD, write_tiny_checkpoint
-from test_model_options import OPTIONS, REFUSED
+from test_model_options import CLASSIC, OPTIONS, REFUSED
 
 gguf = pytest.importorskip("gguf")
 from ngpt.export.gguf import (  # noqa: E402  (after the skip: the module needs gguf to write anything)
@@ -81,7 +81,7 @@ def chat(tmp_path_factory):
         idx[r, : len(ids) - 1] = torch.tensor(ids[:-1])
         targets[r, : len(ids) - 1] = torch.tensor(labels[1:])
     torch.manual_seed(0)
-    model = GPT(ModelSettings(vocab_size=tok.vocab_size, seq_len=T, n_embd=64, n_layer=2, n_head=4))
+    model = GPT(ModelSettings(vocab_size=tok.vocab_size, seq_len=T, n_embd=64, n_layer=2, n_head=4, **CLASSIC))  # llama; each option below
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a model this small trains no faster on two, and far slower on a busy machine
@@ -326,7 +326,7 @@ def test_chat_completion_equals_ngpt_chat_greedy(files, chat, tmp_path, monkeypa
 @pytest.mark.parametrize("name", [n for n in OPTIONS if n not in REFUSED])
 def test_architecture_option_logits_equal(name, tmp_path, tiny_tokenizer):
     llama_cpp_or_skip()
-    cfg = ModelSettings(vocab_size=tiny_tokenizer.vocab_size, seq_len=48, n_embd=32, n_layer=2, n_head=4, **OPTIONS[name])
+    cfg = ModelSettings(vocab_size=tiny_tokenizer.vocab_size, seq_len=48, n_embd=32, n_layer=2, n_head=4, **{**CLASSIC, **OPTIONS[name]})
     torch.manual_seed(0)
     model = GPT(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)

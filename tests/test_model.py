@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fixtures import classic_model
 from ngpt.export.hf import hf_fields, hf_state_dict
 from ngpt.kernels.attention import matmul_causal_attention
 from ngpt.model import GPT, apply_rope, rope_tables
@@ -18,7 +19,9 @@ from ngpt.settings import ModelSettings
 
 
 def tiny_cfg(**overrides) -> ModelSettings:
-    base = dict(vocab_size=97, seq_len=64, n_embd=32, n_layer=2, n_head=4, d_ff=None, dropout=0.0)
+    # the classic Llama architecture: what these tests (and the transformers comparison) are about;
+    # the recipe's options are tested in test_model_options.py
+    base = dict(vocab_size=97, seq_len=64, n_embd=32, n_layer=2, n_head=4, d_ff=None, dropout=0.0, **classic_model())
     return ModelSettings(**{**base, **overrides})
 
 
@@ -200,7 +203,8 @@ def test_num_params_and_flops_match_formula():
     [(384, None, 1024), (64, None, 192), (768, None, 2048), (96, None, 256), (64, 100, 100)],
 )
 def test_d_ff_default_rounds_up_to_64(n_embd, d_ff, expected):
-    assert ModelSettings(n_embd=n_embd, n_head=4, d_ff=d_ff).ffn_dim == expected
+    assert ModelSettings(n_embd=n_embd, n_head=4, d_ff=d_ff, mlp="swiglu").ffn_dim == expected
+    assert ModelSettings(n_embd=n_embd, n_head=4, d_ff=d_ff, mlp="relu2").ffn_dim == (d_ff or 4 * n_embd)
 
 
 def test_bf16_autocast_forward_and_backward():

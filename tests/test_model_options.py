@@ -12,6 +12,7 @@ import copy
 import pytest
 import torch
 
+from fixtures import classic_model
 from ngpt.engine import Engine
 from ngpt.export.hf import ExportError, hf_config, hf_fields, hf_model_type, hf_state_dict
 from ngpt.inference import NO_AUTOCAST
@@ -23,8 +24,10 @@ from ngpt.sampling import SamplingParams
 from ngpt.settings import ModelSettings
 
 V = 101
+CLASSIC = classic_model()  # every option below is one change from the classic Llama (configs/classic.json)
 OPTIONS = {
     "baseline": {},
+    "defaults": {key: ModelSettings.model_fields[key].default for key in CLASSIC},  # the shipped recipe: must export
     "qk_norm": {"qk_norm": True},
     "relu2": {"mlp": "relu2"},
     "untied": {"tie_embeddings": False},
@@ -39,7 +42,7 @@ REFUSED = {"softcap": "logit_softcap", "qk_norm_relu2": "qk_norm with model.mlp=
 
 
 def cfg_of(**opts) -> ModelSettings:
-    return ModelSettings(vocab_size=V, seq_len=48, n_embd=32, n_layer=2, n_head=4, **opts)
+    return ModelSettings(vocab_size=V, seq_len=48, n_embd=32, n_layer=2, n_head=4, **{**CLASSIC, **opts})
 
 
 def trained(cfg: ModelSettings, steps: int = 3) -> GPT:

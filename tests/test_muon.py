@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from fixtures import classic_model
 from ngpt.batches import Batch
 from ngpt.device import Precision
 from ngpt.model import GPT
@@ -22,7 +23,7 @@ from ngpt.train.optim import make_optimizer, parameter_groups
 from ngpt.train.step import accumulate_gradients, autocast_factory, optimizer_step
 
 FP32 = autocast_factory(torch.device("cpu"), Precision(False, None, False))
-MODEL = ModelSettings(vocab_size=97, seq_len=32, n_embd=32, n_layer=2, n_head=4)
+MODEL = ModelSettings(vocab_size=97, seq_len=32, n_embd=32, n_layer=2, n_head=4, **classic_model())  # with gains: all four groups
 MUON = TrainSettings(optimizer="muon", muon_lr=0.05, embed_lr=0.05, head_lr=0.01, scalar_lr=0.01, weight_decay=0.0,
                      grad_clip=0.0)
 

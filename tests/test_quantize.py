@@ -10,6 +10,7 @@ import copy
 import pytest
 import torch
 
+from fixtures import classic_model
 from ngpt.engine import Engine
 from ngpt.inference import NO_AUTOCAST
 from ngpt.sampling import SamplingParams
@@ -42,7 +43,8 @@ def test_forward_equals_the_dequantized_matmul_in_the_input_dtype(rows):
 
 def tiny_model() -> GPT:
     torch.manual_seed(0)
-    return GPT(ModelSettings(vocab_size=211, seq_len=64, n_embd=64, n_layer=2, n_head=4, d_ff=128)).eval()
+    # the classic Llama shape (SwiGLU's gate+up fused, a tied head); each recipe option: test_model_options.py
+    return GPT(ModelSettings(vocab_size=211, seq_len=64, n_embd=64, n_layer=2, n_head=4, d_ff=128, **classic_model())).eval()
 
 
 def test_quantized_model_keeps_fp32_outside_the_matmuls_and_fuses_projections():

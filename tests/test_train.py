@@ -79,7 +79,7 @@ def test_muon_momentum_warms_up_linearly():
 def test_checkpoint_round_trip_is_exact(tmp_path):
     torch.manual_seed(0)
     model = GPT(ModelSettings(**TINY_MODEL))
-    opt = make_optimizer(model, TrainSettings(lr=1e-3), model.cfg, torch.device("cpu"), 64)
+    opt = make_optimizer(model, TrainSettings(optimizer="adamw", lr=1e-3), model.cfg, torch.device("cpu"), 64)
     x = torch.randint(0, 384, (2, 32))
     model(x, x)[1].backward()
     opt.step()
@@ -90,7 +90,7 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
         assert torch.equal(v, state["model"][k]), k
     model2 = GPT(ModelSettings(**TINY_MODEL))
     model2.load_state_dict(state["model"])
-    opt2 = make_optimizer(model2, TrainSettings(lr=1e-3), model2.cfg, torch.device("cpu"), 64)
+    opt2 = make_optimizer(model2, TrainSettings(optimizer="adamw", lr=1e-3), model2.cfg, torch.device("cpu"), 64)
     opt2.load_state_dict(state["optimizer"])
     for (a, b) in zip(opt.state.values(), opt2.state.values()):
         assert torch.equal(a["exp_avg"], b["exp_avg"]) and torch.equal(a["exp_avg_sq"], b["exp_avg_sq"])
@@ -292,8 +292,8 @@ def test_ddp_two_processes_on_cpu_match_single_process(workspace, tmp_path):
 def test_resuming_with_another_optimizer_fails_before_step_0_naming_the_key(workspace, tmp_path):
     first = settings_for(workspace, tmp_path, total_steps=3, ckpt_every=3, eval_every=3)
     run_phase(first, "pretrain", show=False)
-    other = settings_for(workspace, tmp_path, total_steps=6, optimizer="muon")
-    with pytest.raises(CheckpointError, match=r"pretrain\.optimizer=adamw.*muon.*--no-resume"):
+    other = settings_for(workspace, tmp_path, total_steps=6, optimizer="adamw")
+    with pytest.raises(CheckpointError, match=r"pretrain\.optimizer=muon.*adamw.*--no-resume"):
         run_phase(other, "pretrain", show=False)
 
 

@@ -65,6 +65,8 @@ def learn(
             "scored on": f"the whole val split of {settings.data.val_pretrain_source}",
             "budget": t.max_time or (f"{t.max_tokens:,} tokens" if t.max_tokens else f"{t.total_steps} steps"),
             "batch": f"{t.micro_batch} × {t.accum_steps} × T={settings.model.seq_len}",
+            "recipe": f"{t.optimizer}, {t.schedule} schedule, warmup {t.warmup_steps} steps"
+                      + (f", warmdown {t.warmdown_frac:g} of the budget" if t.schedule == "wsd" else ""),
             "runs": ", ".join(n for n, _ in runs) + (" (each in a fresh process)" if len(runs) > 1 else ""),
             "out": out,
         }))
