@@ -143,3 +143,20 @@ def test_every_settings_field_is_documented_once_in_settings():
         return missing
 
     assert undocumented(Settings) == []
+
+
+def test_an_sft_section_keeps_the_sft_defaults_it_does_not_set(tmp_path):
+    """SFT's own defaults (AdamW, lr 1e-4, cosine) are a layer under every config, not only when `sft` is absent."""
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"sft": {"total_steps": 5}}))
+    for s in (load_settings(path), load_settings(None, overrides={"sft": {"micro_batch": 2}})):
+        assert s.sft.optimizer == "adamw" and s.sft.lr == 1e-4 and s.sft.schedule == "cosine"
+        assert s.pretrain.optimizer == "muon" and s.pretrain.schedule == "wsd"
+    assert load_settings(path).sft.total_steps == 5 and load_settings(None).sft == load_settings(path).sft.model_copy(
+        update={"total_steps": 1000})
+
+
+def test_classic_config_is_the_2023_recipe():
+    s = load_settings(Path(__file__).resolve().parents[1] / "configs" / "classic.json")
+    assert (s.model.mlp, s.model.tie_embeddings, s.model.norm_gains, s.model.qk_norm) == ("swiglu", True, True, False)
+    assert (s.pretrain.optimizer, s.pretrain.schedule, s.pretrain.lr, s.pretrain.weight_decay) == ("adamw", "cosine", 6e-4, 0.1)
