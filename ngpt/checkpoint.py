@@ -26,7 +26,12 @@ from ngpt.tokenizer import Tokenizer
 
 CHECKPOINT_VERSION = 1
 # Fields that fix the tensor shapes: resuming or initialising across a change in any of them is an error.
-SHAPE_FIELDS = ("vocab_size", "seq_len", "n_embd", "n_layer", "n_head", "d_ff", "rope_theta")
+SHAPE_FIELDS = ("vocab_size", "seq_len", "n_embd", "n_layer", "n_head", "d_ff", "rope_theta",
+                "mlp", "qk_norm", "tie_embeddings", "logit_softcap", "norm_gains", "embed_norm")
+# A checkpoint saved before the architecture options existed holds the model they all default away from
+# now: the classic Llama (configs/classic.json). Loading fills those keys in, so it is read as what it is.
+ARCHITECTURE_BEFORE_OPTIONS = {"mlp": "swiglu", "qk_norm": False, "tie_embeddings": True, "logit_softcap": None,
+                               "zero_init": False, "norm_gains": True, "embed_norm": False}
 
 
 class CheckpointError(ValueError):
@@ -50,6 +55,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         ) from None
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "model" not in state:
         raise CheckpointError(f"{path} is not an ngpt checkpoint (version {CHECKPOINT_VERSION}).")
+    if isinstance(state.get("model_config"), dict):
+        state["model_config"] = {**ARCHITECTURE_BEFORE_OPTIONS, **state["model_config"]}
     return state
 
 

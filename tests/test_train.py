@@ -312,3 +312,16 @@ def test_max_tokens_stops_before_total_steps(workspace, tmp_path):
     result = run_phase(s, "pretrain", show=False)
     assert result.step == 3
     assert load_checkpoint(tmp_path / "ckpt" / "pretrain" / "latest.pt")["step"] == 3
+
+
+def test_a_checkpoint_from_before_the_architecture_options_loads_as_the_classic_model(tmp_path):
+    from fixtures import classic_model
+    from ngpt.checkpoint import check_same_shape
+
+    cfg = ModelSettings(**TINY_MODEL, **classic_model())
+    old_config = {k: v for k, v in cfg.model_dump().items() if k not in classic_model() and k != "zero_init"}
+    save_checkpoint(tmp_path / "old.pt", {"version": 1, "model": GPT(cfg).state_dict(), "model_config": old_config})
+    state = load_checkpoint(tmp_path / "old.pt")
+    GPT(ModelSettings(**state["model_config"])).load_state_dict(state["model"])  # strict: every tensor fits
+    with pytest.raises(CheckpointError, match=r"model\.mlp: checkpoint 'swiglu' != settings 'relu2'"):
+        check_same_shape(state["model_config"], ModelSettings(**TINY_MODEL).model_dump(), tmp_path / "old.pt")
