@@ -32,6 +32,17 @@ def ckpt(tmp_path_factory, tiny_tokenizer) -> Path:
     return tiny_checkpoint(tmp_path_factory.mktemp("bpb") / "best.pt", tiny_tokenizer, seq_len=32, std=0.1)
 
 
+def gutenberg_cache(tmp_path: Path, tokenizer_path: Path) -> tuple[dict, Path]:
+    """The fixture sources and a config whose gutenberg pretrain cache is built with `tokenizer_path`."""
+    src = write_all_sources(tmp_path / "src")
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"data": {"cache_dir": str(tmp_path / "cache"), "workers": 1, "mix_pretrain": {"gutenberg": 1.0},
+                                           "val_pretrain_source": "gutenberg"},
+                                  "tokenizer": {"model_path": str(tokenizer_path)}}))
+    assert ngpt_cli("cache", "build", "gutenberg", "-c", config, "--source", f"gutenberg={src['gutenberg']}") == 0
+    return src, config
+
+
 def test_bpb_of_a_text_equals_the_training_loops_val_bpb_on_the_same_tokens(ckpt, tmp_path, capsys):
     text = tmp_path / "notes.txt"
     text.write_text(synthetic_text(40, seed=3) + "\ncafé, naïve — 日本語 🙂\n", encoding="utf-8")
@@ -64,12 +75,7 @@ def test_sliding_windows_score_each_target_once_with_more_context(ckpt, tmp_path
 
 
 def test_a_folder_is_every_file_in_it_and_a_cache_split_reads_as_training_does(ckpt, tmp_path, tiny_tokenizer_path, capsys):
-    src = write_all_sources(tmp_path / "src")
-    config = tmp_path / "c.json"
-    config.write_text(json.dumps({"data": {"cache_dir": str(tmp_path / "cache"), "workers": 1, "mix_pretrain": {"gutenberg": 1.0},
-                                           "val_pretrain_source": "gutenberg"},
-                                  "tokenizer": {"model_path": str(tiny_tokenizer_path)}}))
-    assert ngpt_cli("cache", "build", "gutenberg", "-c", config, "--source", f"gutenberg={src['gutenberg']}") == 0
+    src, config = gutenberg_cache(tmp_path, tiny_tokenizer_path)
     capsys.readouterr()
     assert ngpt_cli("eval", "bpb", "--ckpt", ckpt, "-c", config, "--cache", "gutenberg", "--split", "train") == 0
     cached = last_json(capsys.readouterr().out)
@@ -90,12 +96,7 @@ def test_bad_text_and_a_cache_of_another_tokenizer_are_clear_errors(ckpt, tmp_pa
     other_dir = tmp_path / "tok2"
     train_tokenizer([SourceSample("s", [synthetic_text(400, seed=9)], "t")], other_dir, vocab_size=400, seed=1, threads=1)
     other = tiny_checkpoint(tmp_path / "other" / "best.pt", Tokenizer(other_dir / "spm.model"), seq_len=32)
-    src = write_all_sources(tmp_path / "src")
-    config = tmp_path / "c.json"
-    config.write_text(json.dumps({"data": {"cache_dir": str(tmp_path / "cache"), "workers": 1, "mix_pretrain": {"gutenberg": 1.0},
-                                           "val_pretrain_source": "gutenberg"},
-                                  "tokenizer": {"model_path": str(tiny_tokenizer_path)}}))
-    assert ngpt_cli("cache", "build", "gutenberg", "-c", config, "--source", f"gutenberg={src['gutenberg']}") == 0
+    _, config = gutenberg_cache(tmp_path, tiny_tokenizer_path)
     capsys.readouterr()
     assert ngpt_cli("eval", "bpb", "--ckpt", other, "-c", config, "--cache", "gutenberg") == 1
     err = " ".join(capsys.readouterr().err.split())

@@ -9,19 +9,13 @@ answerKey) as a JSON array or jsonl; a folder holds one file per split. 3 to 5 c
 
 from __future__ import annotations
 
-from ngpt.eval.tasks.base import ChatQuestion, Question, Task, TaskDataError, label_index, need, need_strings
+from ngpt.eval.tasks.base import (ChatQuestion, Question, Task, TaskDataError, flatten_question, label_index, need,
+                                  need_strings)
 
 
 def to_doc(row: dict) -> dict:
     """The hub's schema; AI2's nested question {stem, choices: [{text, label}]} is flattened to it."""
-    q = need(row, "question", (str, dict), "a string (hub rows) or an object with stem and choices (AI2 jsonl)")
-    if isinstance(q, dict):
-        items = need(q, "choices", list, "a list of {text, label}")
-        for item in items:
-            need(item, "text")
-            need(item, "label")
-        row = {**row, "question": need(q, "stem"),
-               "choices": {"text": [c["text"] for c in items], "label": [c["label"] for c in items]}}
+    row = flatten_question(row, "AI2 jsonl")
     choices = need(row, "choices", dict, "an object with text and label lists")
     texts, labels = need_strings(choices, "text"), need_strings(choices, "label")
     if len(texts) != len(labels):

@@ -94,6 +94,21 @@ class Task:
 # Schema checks every task module uses: each names the field and what it must be.
 
 
+def flatten_question(row: dict, release: str, carried: tuple[str, ...] = ()) -> dict:
+    """A row in the release's nested schema, question = {stem, choices: [{label, text}], ...}, in the hub's flat
+    one (question = the stem, choices = {label: [...], text: [...]}, plus the `carried` fields of the question);
+    a hub row comes back as it is. ARC (AI2's jsonl) and CommonsenseQA share this layout."""
+    q = need(row, "question", (str, dict), f"a string (hub rows) or an object with stem and choices ({release})")
+    if isinstance(q, str):
+        return row
+    items = need(q, "choices", list, "a list of {label, text}")
+    for item in items:
+        need(item, "label")
+        need(item, "text")
+    return {**row, **{key: q.get(key) for key in carried}, "question": need(q, "stem"),
+            "choices": {"label": [c["label"] for c in items], "text": [c["text"] for c in items]}}
+
+
 def need(row: dict, key: str, kind: type | tuple[type, ...] = str, what: str | None = None):
     """row[key], which must exist and be of `kind`; TaskDataError naming the field otherwise."""
     if not isinstance(row, dict):

@@ -8,21 +8,15 @@ or the hub's rows (question, choices{label, text}, answerKey).
 
 from __future__ import annotations
 
-from ngpt.eval.tasks.base import ChatQuestion, Question, Task, TaskDataError, label_index, need, need_strings
+from ngpt.eval.tasks.base import (ChatQuestion, Question, Task, TaskDataError, flatten_question, label_index, need,
+                                  need_strings)
 
 LETTERS = ("A", "B", "C", "D", "E")
 
 
 def to_doc(row: dict) -> dict:
     """The hub's schema; the release's nested question {stem, choices} is flattened to it."""
-    q = need(row, "question", (str, dict), "a string (hub rows) or an object with stem and choices (release jsonl)")
-    if isinstance(q, dict):
-        items = need(q, "choices", list, "a list of {label, text}")
-        for item in items:
-            need(item, "label")
-            need(item, "text")
-        row = {**row, "question": need(q, "stem"), "question_concept": q.get("question_concept"),
-               "choices": {"label": [c["label"] for c in items], "text": [c["text"] for c in items]}}
+    row = flatten_question(row, "release jsonl", carried=("question_concept",))
     choices = need(row, "choices", dict, "an object with label and text lists")
     need_strings(choices, "text", 5)
     if need_strings(choices, "label", 5) != list(LETTERS):
