@@ -161,3 +161,7 @@ def test_classic_config_is_the_2023_recipe():
     s = load_settings(Path(__file__).resolve().parents[1] / "configs" / "classic.json")
     assert (s.model.mlp, s.model.tie_embeddings, s.model.norm_gains, s.model.qk_norm) == ("swiglu", True, True, False)
     assert (s.pretrain.optimizer, s.pretrain.schedule, s.pretrain.lr, s.pretrain.weight_decay) == ("adamw", "cosine", 6e-4, 0.1)
+    # the model a checkpoint from before the options is read as (ngpt.checkpoint) is this same classic model
+    from ngpt.checkpoint import ARCHITECTURE_BEFORE_OPTIONS
+
+    assert {k: getattr(s.model, k) for k in ARCHITECTURE_BEFORE_OPTIONS} == ARCHITECTURE_BEFORE_OPTIONS
