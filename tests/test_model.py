@@ -343,3 +343,20 @@ def test_fp32_rmsnorm_fast_path_is_bit_identical_to_the_formula():
     x = torch.randn(3, 17, 48) * 4
     formula = norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
     assert torch.equal(norm(x), formula)
+
+
+def test_bf16_parameter_free_rmsnorm_one_op_equals_the_fp32_statistics_formula():
+    """The gain-free norm on bf16 activations (the default model under autocast) takes F.rms_norm: same bits, both ways."""
+    from ngpt.model import RMSNorm
+
+    norm = RMSNorm(48, 1e-5, gain=False)
+    x = (torch.randn(3, 17, 48, generator=torch.Generator().manual_seed(0)) * 4).bfloat16()
+    grad = torch.randn(3, 17, 48, generator=torch.Generator().manual_seed(1)).bfloat16()
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = norm(a)
+    b32 = b.float()
+    formula = (b32 * torch.rsqrt(b32.pow(2).mean(-1, keepdim=True) + 1e-5)).to(torch.bfloat16)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, formula)
+    out.backward(grad)
+    formula.backward(grad)
+    assert torch.equal(a.grad, b.grad)
