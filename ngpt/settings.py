@@ -36,6 +36,7 @@ IGNORE_INDEX = -100  # a label that takes no loss (prompt tokens, padding): torc
 MlpChoice = Literal["swiglu", "relu2"]
 OptimizerChoice = Literal["adamw", "muon"]
 ScheduleChoice = Literal["cosine", "wsd"]
+NsScalingChoice = Literal["frobenius", "aol"]
 AmpChoice = Literal["auto", "true", "false"]  # train.amp: auto = on where it measured faster (ngpt.device)
 AmpDtypeChoice = Literal["auto", "bf16", "fp16"]  # train.amp_dtype: auto = bf16 where supported, else fp16
 # How generation stores the weights (`--precision` of chat, serve, bench): auto = what decodes fastest here.
@@ -194,7 +195,8 @@ class TrainSettings(_Section):
     lr_scaling: bool = Field(True, description="Scale the learning rates, given for lr_ref_width and lr_ref_batch_tokens, to this model and batch (ngpt.train.optim.scaled_lrs).")
     lr_ref_width: int = Field(128, gt=0, description="The model width C the learning rates are given for (with lr_scaling).")
     lr_ref_batch_tokens: int = Field(4096, gt=0, description="The tokens per optimizer step the learning rates are given for (with lr_scaling).")
-    muon_ns_steps: int = Field(5, gt=0, le=20, description="Newton-Schulz iterations Muon orthogonalises each update with.")
+    muon_ns_steps: int = Field(4, gt=0, le=20, description="Newton-Schulz iterations Muon orthogonalises each update with.")
+    muon_ns_scaling: NsScalingChoice = Field("aol", description="How Muon brings each update's singular values under 1 before Newton-Schulz: frobenius (÷‖U‖_F) | aol (per-row bound, nearer 1: one iteration fewer does).")
     adam_betas: tuple[float, float] = Field((0.8, 0.95), description="AdamW betas (every AdamW group).")
     adam_eps: float = Field(1e-10, gt=0, description="AdamW epsilon.")
     muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon's Nesterov momentum after its warmup.")
@@ -207,7 +209,9 @@ class TrainSettings(_Section):
     total_steps: int = Field(5000, gt=0, description="Optimizer steps for this phase (with max_tokens and max_time: whichever ends first).")
     micro_batch: int = Field(8, gt=0, description="Sequences per forward pass (micro_B).")
     accum_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
-    weight_decay: float = Field(0.0, ge=0, description="Weight decay of the blocks' matrices and the embedding/head (AdamW and Muon alike).")
+    weight_decay: float = Field(0.2, ge=0, description="Decoupled weight decay of the blocks' matrices (AdamW and Muon alike: each step W ← W·(1 − lr·wd)).")
+    embed_weight_decay: float | None = Field(0.05, ge=0, description="Weight decay of the token embedding (None = weight_decay).")
+    head_weight_decay: float | None = Field(None, ge=0, description="Weight decay of an untied LM head (None = weight_decay).")
     grad_clip: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0 = off).")
     eval_every: int = Field(250, gt=0, description="Measure the val losses every this many steps.")
     eval_batches: int = Field(20, gt=0, description="Micro-batches per val loss.")
@@ -258,7 +262,7 @@ def format_duration(seconds: float) -> str:
 # A layer under every config, so an `sft` section that sets one key keeps the others.
 SFT_DEFAULTS: dict[str, Any] = {
     "optimizer": "adamw", "lr": 1e-4, "embed_lr": 1e-4, "head_lr": 1e-4, "scalar_lr": 1e-4, "lr_scaling": False,
-    "adam_betas": (0.9, 0.95), "adam_eps": 1e-8, "weight_decay": 0.1, "schedule": "cosine", "warmup_steps": 50,
+    "adam_betas": (0.9, 0.95), "adam_eps": 1e-8, "weight_decay": 0.1, "embed_weight_decay": None, "schedule": "cosine", "warmup_steps": 50,
     "final_lr_frac": 0.1, "accum_steps": 4, "total_steps": 1000, "eval_every": 100, "ckpt_every": 200,
 }
 

@@ -18,7 +18,7 @@ from ngpt.batches import Batch
 from ngpt.device import Precision
 from ngpt.model import GPT
 from ngpt.settings import ModelSettings, TrainSettings
-from ngpt.train.muon import Muon, MuonWithAdamW
+from ngpt.train.muon import Muon, MuonWithAdamW, orthogonalize
 from ngpt.train.optim import make_optimizer, parameter_groups
 from ngpt.train.step import accumulate_gradients, autocast_factory, optimizer_step
 
@@ -47,12 +47,52 @@ def test_a_step_equals_torch_optim_muon(shape):
     assert (ours_p.data - init).abs().max() > 0.02  # the steps moved it
 
 
+@pytest.mark.parametrize("shape", [(32, 128), (128, 32), (64, 64)])
+def test_aol_scaling_starts_newton_schulz_nearer_the_polar_factor(shape):
+    """On gradient-like matrices (a low-rank signal in noise): after 4 iterations AOL is nearer U·Vᵀ than ‖·‖_F on
+    every shape, and on the MLP's 4:1 shapes as near as ‖·‖_F after 5 (the iteration it saves)."""
+    gen = torch.Generator().manual_seed(0)
+    rows, cols = shape
+    g = torch.randn(4, rows, 4, generator=gen) @ torch.randn(4, 4, cols, generator=gen) + 0.3 * torch.randn(4, rows, cols, generator=gen)
+    u, _, vh = torch.linalg.svd(g.double(), full_matrices=False)
+    polar = u @ vh
+
+    def cosine(x):
+        x = x.double()
+        return ((x * polar).sum((-2, -1)) / (x.norm(dim=(-2, -1)) * polar.norm(dim=(-2, -1)))).min().item()
+
+    aol4 = orthogonalize(g, 4, "aol")
+    assert aol4.shape == g.shape and cosine(aol4) > cosine(orthogonalize(g, 4, "frobenius"))
+    if rows != cols:
+        assert cosine(aol4) >= cosine(orthogonalize(g, 5, "frobenius")) - 0.002
+    assert torch.equal(orthogonalize(torch.zeros(2, rows, cols), 4, "aol"), torch.zeros(2, rows, cols).bfloat16())
+
+
+def test_a_state_saved_before_ns_scaling_existed_steps_with_frobenius():
+    """Checkpoints of the previous release carry Muon groups without ns_scaling: they resume as they were trained."""
+    gen = torch.Generator().manual_seed(3)
+    init, grad = torch.randn(16, 24, generator=gen), torch.randn(16, 24, generator=gen)
+    old_p, ref_p = torch.nn.Parameter(init.clone()), torch.nn.Parameter(init.clone())
+    saved = Muon([old_p], lr=0.02, momentum=0.9, weight_decay=0.0, ns_steps=5).state_dict()
+    del saved["param_groups"][0]["ns_scaling"]
+    old = Muon([old_p], lr=0.02, momentum=0.9, weight_decay=0.0, ns_steps=5, ns_scaling="aol")
+    old.load_state_dict(saved)
+    ref = Muon([ref_p], lr=0.02, momentum=0.9, weight_decay=0.0, ns_steps=5, ns_scaling="frobenius")
+    old_p.grad, ref_p.grad = grad.clone(), grad.clone()
+    old.step()
+    ref.step()
+    assert torch.equal(old_p.data, ref_p.data)
+
+
 def test_muon_refuses_what_it_cannot_orthogonalise():
     with pytest.raises(ValueError, match=r"shape \(8,\) is not 2-D"):
         Muon([torch.nn.Parameter(torch.zeros(8))], lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5)
     with pytest.raises(ValueError, match="must share one shape"):
         Muon([torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(3, 2))], lr=0.02, momentum=0.95,
              weight_decay=0.0, ns_steps=5)
+    with pytest.raises(ValueError, match="ns_scaling='spectral'; choose one of frobenius, aol"):
+        Muon([torch.nn.Parameter(torch.zeros(2, 3))], lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5,
+             ns_scaling="spectral")
 
 
 def test_groups_give_muon_the_matrices_and_adamw_the_rest():
@@ -65,6 +105,21 @@ def test_groups_give_muon_the_matrices_and_adamw_the_rest():
     adam = {g["name"]: g for g in opt.adamw.param_groups}
     assert set(adam) == {"embedding", "head", "scalars"} and adam["head"]["params"] == [model.lm_head.weight]
     assert adam["scalars"]["weight_decay"] == 0.0 and all(p.dim() == 1 for p in adam["scalars"]["params"])
+
+
+@pytest.mark.parametrize("optimizer", ["muon", "adamw"])
+def test_each_group_takes_its_own_weight_decay(optimizer):
+    """weight_decay for the matrices, embed_/head_weight_decay for the tables (None: weight_decay's), never the gains."""
+    model = GPT(MODEL.model_copy(update={"tie_embeddings": False}))
+    cfg = MUON.model_copy(update={"optimizer": optimizer, "weight_decay": 0.2, "embed_weight_decay": 0.05})
+    opt = make_optimizer(model, cfg, model.cfg, torch.device("cpu"), 1024)
+    decay = {}
+    for group in opt.param_groups:
+        decay.setdefault(group["name"], set()).add(group["weight_decay"])
+    assert decay == {"matrices": {0.2}, "embedding": {0.05}, "head": {0.2}, "scalars": {0.0}}
+    cfg = cfg.model_copy(update={"head_weight_decay": 0.0})
+    heads = [g for g in make_optimizer(model, cfg, model.cfg, torch.device("cpu"), 1024).param_groups if g["name"] == "head"]
+    assert [g["weight_decay"] for g in heads] == [0.0]
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor, micro: int):

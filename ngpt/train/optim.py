@@ -78,7 +78,9 @@ def make_optimizer(model: nn.Module, cfg: TrainSettings, model_cfg: ModelSetting
     """AdamW (optimizer=adamw) or MuonWithAdamW (optimizer=muon) over the model's groups, at scaled_lrs."""
     groups = parameter_groups(model)
     lrs = scaled_lrs(cfg, model_cfg, tokens_per_step)
-    decay = {"matrices": cfg.weight_decay, "embedding": cfg.weight_decay, "head": cfg.weight_decay, "scalars": 0.0}
+    decay = {"matrices": cfg.weight_decay, "scalars": 0.0,
+             "embedding": cfg.weight_decay if cfg.embed_weight_decay is None else cfg.embed_weight_decay,
+             "head": cfg.weight_decay if cfg.head_weight_decay is None else cfg.head_weight_decay}
     adam_groups = [{"params": groups[g], "lr": lrs[g], "weight_decay": decay[g], "name": g, "kind": "adamw"}
                    for g in GROUPS if groups[g] and not (g == "matrices" and cfg.optimizer == "muon")]
     # The fused kernel: one pass over each tensor instead of a dozen. On CUDA the usual choice; on a
@@ -91,7 +93,8 @@ def make_optimizer(model: nn.Module, cfg: TrainSettings, model_cfg: ModelSetting
     for p in groups["matrices"]:
         by_shape.setdefault(tuple(p.shape), []).append(p)
     muon = Muon([{"params": ps, "name": f"matrices {r}×{c}", "kind": "muon"} for (r, c), ps in sorted(by_shape.items())],
-                lr=lrs["matrices"], momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, ns_steps=cfg.muon_ns_steps)
+                lr=lrs["matrices"], momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, ns_steps=cfg.muon_ns_steps,
+                ns_scaling=cfg.muon_ns_scaling)
     for group in muon.param_groups:
         group["name"] = "matrices"  # one lr for all of them; the shapes only batch the work
     return MuonWithAdamW(muon, adamw)

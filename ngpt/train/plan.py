@@ -88,11 +88,20 @@ def architecture_label(m) -> str:
     return " · ".join(parts)
 
 
+def weight_decay_label(cfg) -> str:
+    embed = cfg.weight_decay if cfg.embed_weight_decay is None else cfg.embed_weight_decay
+    head = cfg.weight_decay if cfg.head_weight_decay is None else cfg.head_weight_decay
+    if embed == head == cfg.weight_decay:
+        return f"weight decay {cfg.weight_decay:g}"
+    return f"weight decay {cfg.weight_decay:g} (embedding {embed:g}, head {head:g})"
+
+
 def optimizer_label(cfg) -> str:
     if cfg.optimizer == "adamw":
-        return f"AdamW β {cfg.adam_betas[0]:g}/{cfg.adam_betas[1]:g}, weight decay {cfg.weight_decay:g}"
+        return f"AdamW β {cfg.adam_betas[0]:g}/{cfg.adam_betas[1]:g}, {weight_decay_label(cfg)}"
     return (f"Muon (momentum {cfg.muon_momentum_start:g}→{cfg.muon_momentum:g} over {cfg.muon_momentum_warmup_steps} steps, "
-            f"{cfg.muon_ns_steps} NS steps) + AdamW β {cfg.adam_betas[0]:g}/{cfg.adam_betas[1]:g}, weight decay {cfg.weight_decay:g}")
+            f"{cfg.muon_ns_steps} NS steps, {cfg.muon_ns_scaling} scaling) + AdamW β {cfg.adam_betas[0]:g}/{cfg.adam_betas[1]:g}, "
+            f"{weight_decay_label(cfg)}")
 
 
 def schedule_label(cfg) -> str:
