@@ -66,3 +66,15 @@ def test_bad_ablation_fails_before_any_training(config, tmp_path, capsys, flag, 
     captured = capsys.readouterr()
     assert message in captured.out + captured.err
     assert not any(tmp_path.iterdir())  # nothing trained, nothing written
+
+
+def test_values_that_are_json_lists_keep_their_commas():
+    """A tuple setting (adam_betas) through --set / --ablate: commas inside brackets or quotes split nothing."""
+    from ngpt.bench.learn import parse_assignment
+
+    assert parse_assignment("pretrain.adam_betas=[0.9,0.95]", "--set") == ("pretrain.adam_betas", [[0.9, 0.95]])
+    assert parse_assignment("pretrain.adam_betas=[0.9,0.95],[0.8,0.95]", "--ablate") == (
+        "pretrain.adam_betas", [[0.9, 0.95], [0.8, 0.95]])
+    assert parse_assignment('data.mix_pretrain={"wikitext":0.5,"gutenberg":0.5},"a,b"', "--ablate") == (
+        "data.mix_pretrain", [{"wikitext": 0.5, "gutenberg": 0.5}, "a,b"])
+    assert parse_assignment("pretrain.muon_lr=0.03,0.06", "--ablate") == ("pretrain.muon_lr", [0.03, 0.06])

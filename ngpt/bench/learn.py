@@ -40,18 +40,37 @@ def budget_overrides(max_time: str | None, max_tokens: int | None) -> dict:
 
 
 def parse_assignment(text: str, flag: str) -> tuple[str, list]:
-    """'pretrain.optimizer=adamw,muon' → ("pretrain.optimizer", ["adamw", "muon"]); values are JSON where they parse."""
+    """'pretrain.optimizer=adamw,muon' → ("pretrain.optimizer", ["adamw", "muon"]); values are JSON where they parse.
+
+    Commas inside brackets or quotes belong to one value: 'pretrain.adam_betas=[0.9,0.95],[0.8,0.95]' is two.
+    """
     key, sep, raw = text.partition("=")
     if not sep or not key or not raw:
         raise SettingsError(f"{flag} expects KEY=VALUE[,VALUE...] with a dotted settings key, e.g. "
                             f"pretrain.optimizer=adamw,muon; got {text!r}")
     values = []
-    for part in raw.split(","):
+    for part in split_top_level(raw):
         try:
             values.append(json.loads(part))
         except json.JSONDecodeError:
             values.append(part)
     return key, values
+
+
+def split_top_level(raw: str) -> list[str]:
+    """Split on the commas outside [...], {...} and "..." (a JSON list or object is one value)."""
+    parts, depth, quoted, start = [], 0, False, 0
+    for i, ch in enumerate(raw):
+        if ch == '"' and (i == 0 or raw[i - 1] != "\\"):
+            quoted = not quoted
+        elif not quoted and ch in "[{":
+            depth += 1
+        elif not quoted and ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0 and not quoted:
+            parts.append(raw[start:i])
+            start = i + 1
+    return parts + [raw[start:]]
 
 
 def nested(key: str, value) -> dict:
