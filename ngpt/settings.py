@@ -226,6 +226,12 @@ class TrainSettings(_Section):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     seed: int = Field(1337, description="Seed for init, sampling and dropout (rank r adds r).")
 
+    def group_weight_decays(self) -> dict[str, float]:
+        """Each optimizer group's weight decay: the tables' own where set, else weight_decay; never the gains."""
+        return {"matrices": self.weight_decay, "scalars": 0.0,
+                "embedding": self.weight_decay if self.embed_weight_decay is None else self.embed_weight_decay,
+                "head": self.weight_decay if self.head_weight_decay is None else self.head_weight_decay}
+
     @field_validator("max_time")
     @classmethod
     def _duration(cls, value: str | None) -> str | None:

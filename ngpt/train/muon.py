@@ -19,15 +19,18 @@ Tested against torch.optim.Muon on toy matrices (tests/test_muon.py).
 from __future__ import annotations
 
 import math
+from typing import get_args
 
 import torch
 from torch import Tensor
+
+from ngpt.settings import NsScalingChoice
 
 # The quintic's coefficients, chosen to maximise the slope at zero (Jordan et al., torch.optim.Muon's defaults).
 NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
 NS_DTYPE = torch.bfloat16  # the iteration tolerates bf16 (Muon's own choice); the update is applied in fp32
 EPS = 1e-7
-NS_SCALINGS = ("frobenius", "aol")
+NS_SCALINGS = get_args(NsScalingChoice)  # the names the settings accept, spelled once there
 
 
 def orthogonalize(updates: Tensor, steps: int, scaling: str = "frobenius") -> Tensor:

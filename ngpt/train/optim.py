@@ -78,9 +78,7 @@ def make_optimizer(model: nn.Module, cfg: TrainSettings, model_cfg: ModelSetting
     """AdamW (optimizer=adamw) or MuonWithAdamW (optimizer=muon) over the model's groups, at scaled_lrs."""
     groups = parameter_groups(model)
     lrs = scaled_lrs(cfg, model_cfg, tokens_per_step)
-    decay = {"matrices": cfg.weight_decay, "scalars": 0.0,
-             "embedding": cfg.weight_decay if cfg.embed_weight_decay is None else cfg.embed_weight_decay,
-             "head": cfg.weight_decay if cfg.head_weight_decay is None else cfg.head_weight_decay}
+    decay = cfg.group_weight_decays()
     adam_groups = [{"params": groups[g], "lr": lrs[g], "weight_decay": decay[g], "name": g, "kind": "adamw"}
                    for g in GROUPS if groups[g] and not (g == "matrices" and cfg.optimizer == "muon")]
     # The fused kernel: one pass over each tensor instead of a dozen. On CUDA the usual choice; on a

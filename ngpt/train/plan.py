@@ -89,11 +89,10 @@ def architecture_label(m) -> str:
 
 
 def weight_decay_label(cfg) -> str:
-    embed = cfg.weight_decay if cfg.embed_weight_decay is None else cfg.embed_weight_decay
-    head = cfg.weight_decay if cfg.head_weight_decay is None else cfg.head_weight_decay
-    if embed == head == cfg.weight_decay:
+    decay = cfg.group_weight_decays()
+    if decay["embedding"] == decay["head"] == cfg.weight_decay:
         return f"weight decay {cfg.weight_decay:g}"
-    return f"weight decay {cfg.weight_decay:g} (embedding {embed:g}, head {head:g})"
+    return f"weight decay {cfg.weight_decay:g} (embedding {decay['embedding']:g}, head {decay['head']:g})"
 
 
 def optimizer_label(cfg) -> str:
