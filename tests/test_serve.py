@@ -448,6 +448,25 @@ def test_oversized_bodies_get_413(client):
     assert client.get("/health").json()["status"] == "ok"
 
 
+def test_a_client_sending_its_whole_oversized_body_still_reads_the_413(url):
+    # The 413 leaves as soon as the headers declare too much; the server then reads and discards what
+    # the client still sends before it closes (a lingering close, as nginx and Apache do). Closing at
+    # once with bytes unread makes the kernel send a reset, and a client that writes its whole body
+    # before it reads (httpx, requests, curl) gets "connection reset" instead of the answer.
+    port = int(url.rsplit(":", 1)[1])
+    body = b"x" * 4_000_000
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status, _, rest = data.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 413 ") and json.loads(rest)["error"]["code"] == "request_too_large"
+
+
 # ---------------------------------------------------------------------------------------------
 # Concurrency.
 

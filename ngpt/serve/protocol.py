@@ -17,6 +17,12 @@ sockets forever. Here:
 - a request h11 rejects (a malformed request line or header, no Host, a negative or non-numeric
   Content-Length, headers over 16 KiB) is answered in OpenAI's error shape, as JSON, instead of
   uvicorn's plain text.
+- a connection closed while its request is still arriving (a 413 sent as soon as the headers declare
+  too much, a 408, a 400 for bad HTTP) closes lingering, as nginx and Apache do: the answer is sent
+  and our half of the socket shut, then what the client still sends is read and thrown away until
+  it closes its half, goes quiet for LINGER_IDLE_S, or LINGER_MAX_S pass. Closing at once with
+  bytes unread makes the kernel send a reset, and a client that writes its whole body before it
+  reads (httpx, requests, curl all do) would get "connection reset" instead of the answer.
 
 The pure-Python h11 protocol is always used, never httptools (when installed): these hooks are h11's.
 """
@@ -37,6 +43,9 @@ from ngpt.serve.schemas import ApiError
 
 log = logging.getLogger("ngpt.serve")
 
+LINGER_IDLE_S = 2.0   # a lingering close ends when the client has sent nothing for this long...
+LINGER_MAX_S = 10.0   # ...or after this long in all
+
 
 def raw_error(status: int, message: str, code: str) -> bytes:
     """A whole HTTP response (closing the connection) holding an ApiError, for where no ASGI app answers."""
@@ -53,10 +62,17 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._header_timer: asyncio.TimerHandle | None = None
-        super().connection_made(transport)
+        self._socket = transport
+        self._linger_timer: asyncio.TimerHandle | None = None
+        self._linger_ends = 0.0
+        # uvicorn (and the code below) close the connection through self.transport: that close lingers.
+        super().connection_made(LingeringTransport(transport, self))
         self._watch_headers()
 
     def data_received(self, data: bytes) -> None:
+        if self.lingering:
+            self._arm_linger_timer()  # thrown away: the request was answered already
+            return
         super().data_received(data)
         self._watch_headers()
 
@@ -65,8 +81,44 @@ class GuardedH11Protocol(H11Protocol):
         self._watch_headers()  # a pipelined request may be half here already
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # A lingering close also ends here: when the client shuts its half, uvicorn's eof_received
+        # returns None and asyncio closes the socket.
         self._stop_header_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)
+
+    def shutdown(self) -> None:
+        if self.lingering:  # the server is stopping: no more waiting on this client
+            self._socket.close()
+        else:
+            super().shutdown()
+
+    # -- the lingering close ---------------------------------------------------------------------
+
+    @property
+    def lingering(self) -> bool:
+        return self._linger_timer is not None
+
+    def close_connection(self) -> None:
+        """Close now when the request was read to its end; else linger (see the module docstring)."""
+        if self.lingering or self._socket.is_closing():
+            return
+        unread = self.conn.their_state in (h11.SEND_BODY, h11.ERROR) or bool(self.conn.trailing_data[0])
+        if not unread or not self._socket.can_write_eof():  # (TLS cannot half-close)
+            self._socket.close()
+            return
+        self._stop_header_timer()
+        self._socket.write_eof()  # sent after the answer still buffered: the client reads it, then EOF
+        self._socket.resume_reading()  # uvicorn's flow control may have paused it for the unread body
+        self._linger_ends = self.loop.time() + LINGER_MAX_S
+        self._arm_linger_timer()
+
+    def _arm_linger_timer(self) -> None:
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        delay = min(LINGER_IDLE_S, self._linger_ends - self.loop.time())
+        self._linger_timer = self.loop.call_later(max(delay, 0.0), self._socket.close)
 
     def _watch_headers(self) -> None:
         """Arm the deadline while h11 waits for a request's headers; disarm it once they are in."""
@@ -104,6 +156,25 @@ class GuardedH11Protocol(H11Protocol):
         if self.cycle is None or not self.cycle.response_started:  # else the client has its answer already
             self.transport.write(raw_error(status, f"The request is not valid HTTP/1.1 ({why}); {hint}.", "invalid_http"))
         self.transport.close()
+
+
+class LingeringTransport:
+    """The connection's transport as uvicorn's protocol code sees it: close() is the protocol's
+    close_connection (which may linger), and while it lingers the transport reads as closing, so
+    nothing more is written or started on it. Everything else is the socket's transport."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: GuardedH11Protocol):
+        self._transport = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        self._protocol.close_connection()
+
+    def is_closing(self) -> bool:
+        return self._protocol.lingering or self._transport.is_closing()
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
 
 
 def server_config(app, **kwargs) -> uvicorn.Config:
