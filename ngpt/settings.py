@@ -197,6 +197,8 @@ class TrainSettings(_Section):
     lr_ref_batch_tokens: int = Field(4096, gt=0, description="The tokens per optimizer step the learning rates are given for (with lr_scaling).")
     muon_ns_steps: int = Field(4, gt=0, le=20, description="Newton-Schulz iterations Muon orthogonalises each update with.")
     muon_ns_scaling: NsScalingChoice = Field("aol", description="How Muon brings each update's singular values under 1 before Newton-Schulz: frobenius (÷‖U‖_F) | aol (per-row bound, nearer 1: one iteration fewer does).")
+    muon_row_norm: bool = Field(True, description="NorMuon: after Newton-Schulz, divide each neuron's update by the running RMS of its past updates (decay muon_beta2), keeping the update's total norm.")
+    muon_beta2: float = Field(0.95, ge=0, lt=1, description="Decay of muon_row_norm's per-neuron second moment.")
     adam_betas: tuple[float, float] = Field((0.8, 0.95), description="AdamW betas (every AdamW group).")
     adam_eps: float = Field(1e-10, gt=0, description="AdamW epsilon.")
     muon_momentum: float = Field(0.95, ge=0, lt=1, description="Muon's Nesterov momentum after its warmup.")

@@ -69,19 +69,55 @@ def test_aol_scaling_starts_newton_schulz_nearer_the_polar_factor(shape):
 
 
 def test_a_state_saved_before_ns_scaling_existed_steps_with_frobenius():
-    """Checkpoints of the previous release carry Muon groups without ns_scaling: they resume as they were trained."""
+    """Checkpoints of earlier releases carry Muon groups without ns_scaling and row_norm: they resume as they were trained."""
     gen = torch.Generator().manual_seed(3)
     init, grad = torch.randn(16, 24, generator=gen), torch.randn(16, 24, generator=gen)
     old_p, ref_p = torch.nn.Parameter(init.clone()), torch.nn.Parameter(init.clone())
     saved = Muon([old_p], lr=0.02, momentum=0.9, weight_decay=0.0, ns_steps=5).state_dict()
-    del saved["param_groups"][0]["ns_scaling"]
-    old = Muon([old_p], lr=0.02, momentum=0.9, weight_decay=0.0, ns_steps=5, ns_scaling="aol")
+    for key in ("ns_scaling", "row_norm", "beta2"):
+        del saved["param_groups"][0][key]
+    old = Muon([old_p], lr=0.02, momentum=0.9, weight_decay=0.0, ns_steps=5, ns_scaling="aol", row_norm=True)
     old.load_state_dict(saved)
     ref = Muon([ref_p], lr=0.02, momentum=0.9, weight_decay=0.0, ns_steps=5, ns_scaling="frobenius")
     old_p.grad, ref_p.grad = grad.clone(), grad.clone()
     old.step()
     ref.step()
     assert torch.equal(old_p.data, ref_p.data)
+
+
+@pytest.mark.parametrize("shape", [(24, 24), (40, 16), (16, 40)])
+def test_row_norm_is_normuon_written_from_its_definition(shape):
+    """muon_row_norm: each neuron's slice (rows of a tall or square matrix, columns of a wide one) of the
+    orthogonalised update ÷ √(EMA of its mean square), rescaled to the update's norm; two same-shape
+    matrices stacked give what each gives alone."""
+    gen = torch.Generator().manual_seed(1)
+    inits = [torch.randn(*shape, generator=gen) for _ in range(2)]
+    # Low-rank gradients: their orthogonalised rows differ in size, which the normalisation evens out.
+    grads = [[torch.randn(shape[0], 2, generator=gen) @ torch.randn(2, shape[1], generator=gen)
+              + 0.1 * torch.randn(*shape, generator=gen) for _ in range(2)] for _ in range(3)]
+    ours = [torch.nn.Parameter(w.clone()) for w in inits]
+    opt = Muon(ours, lr=0.02, momentum=0.9, weight_decay=0.0, ns_steps=4, ns_scaling="aol", row_norm=True, beta2=0.9)
+    for step_grads in grads:
+        for p, g in zip(ours, step_grads):
+            p.grad = g.clone()
+        opt.step()
+    dim = 1 if shape[0] >= shape[1] else 0
+    for i, w in enumerate(inits):
+        w, buf, v = w.clone(), torch.zeros(shape), torch.zeros(shape[1 - dim]).unsqueeze(dim)
+        for step_grads in grads:
+            g = step_grads[i]
+            buf = buf.lerp(g, 0.1)
+            o = orthogonalize(g.lerp(buf, 0.9)[None], 4, "aol")[0].float()
+            v = 0.9 * v + 0.1 * o.square().mean(dim, keepdim=True)
+            normed = o / v.sqrt()
+            w -= 0.02 * max(1.0, shape[0] / shape[1]) ** 0.5 * normed * (o.norm() / normed.norm())
+        torch.testing.assert_close(ours[i].data, w, rtol=0, atol=1e-4)  # the update is applied from bf16
+    plain = torch.nn.Parameter(inits[0].clone())
+    plain_opt = Muon([plain], lr=0.02, momentum=0.9, weight_decay=0.0, ns_steps=4, ns_scaling="aol")
+    for step_grads in grads:
+        plain.grad = step_grads[0].clone()
+        plain_opt.step()
+    assert (plain.data - ours[0].data).abs().max() > 1e-3  # ten times the agreement above: it changed the steps
 
 
 def test_muon_refuses_what_it_cannot_orthogonalise():

@@ -1,11 +1,14 @@
 """Muon: momentum SGD whose update is orthogonalised (Newton-Schulz), for the blocks' 2-D matrices.
 
     opt = Muon([{"params": same_shape_matrices}], lr=cfg.muon_lr, momentum=cfg.muon_momentum, weight_decay=0.2,
-               ns_steps=4, ns_scaling="aol")
+               ns_steps=4, ns_scaling="aol", row_norm=True, beta2=0.95)
 
 Per step and matrix W with gradient G (Keller Jordan's Muon, as torch.optim.Muon computes it):
     buf ← lerp(buf, G, 1 − momentum);  U ← lerp(G, buf, momentum)        (Nesterov)
     U ← NS_k(scale(U))   in bf16: k quintic Newton-Schulz steps ≈ the nearest semi-orthogonal matrix
+    row_norm (NorMuon, Li et al. 2025): v ← lerp(v, mean_j U_ij², 1 − β₂) per neuron i (the longer
+        side's vectors); U ← U / √v, rescaled to U's norm before: orthogonal updates leave some
+        neurons' steps far larger than others', and this evens them out as Adam does per coordinate
     W ← W·(1 − lr·wd) − lr·√max(1, rows/cols)·U
 scale is U / ‖U‖_F (torch.optim.Muon's, ns_scaling="frobenius") or AOL's per-row bound ("aol", the
 default: the same accuracy one iteration sooner; see orthogonalize).
@@ -62,11 +65,11 @@ class Muon(torch.optim.Optimizer):
     """Muon for 2-D parameters; each param group should hold one shape (they are stacked per group)."""
 
     def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int,
-                 ns_scaling: str = "frobenius") -> None:
+                 ns_scaling: str = "frobenius", row_norm: bool = False, beta2: float = 0.95) -> None:
         if ns_scaling not in NS_SCALINGS:
             raise ValueError(f"ns_scaling={ns_scaling!r}; choose one of {', '.join(NS_SCALINGS)}")
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "ns_steps": ns_steps,
-                                  "ns_scaling": ns_scaling})
+                                  "ns_scaling": ns_scaling, "row_norm": row_norm, "beta2": beta2})
         for group in self.param_groups:
             shapes = {tuple(p.shape) for p in group["params"]}
             bad = [tuple(p.shape) for p in group["params"] if p.dim() != 2]
@@ -92,8 +95,10 @@ class Muon(torch.optim.Optimizer):
                 bufs.append(state["momentum_buffer"])
             grads = torch.stack([p.grad for p in params])
             buf = torch.stack(bufs).lerp_(grads, 1 - momentum)
-            # A checkpoint from before ns_scaling existed resumes with the scaling it was trained with.
+            # A checkpoint from before ns_scaling / row_norm existed resumes as it was trained.
             updates = orthogonalize(grads.lerp_(buf, momentum), group["ns_steps"], group.get("ns_scaling", "frobenius"))
+            if group.get("row_norm"):
+                updates = self._normalize_neurons(params, updates, group["beta2"])
             rows, cols = params[0].shape
             step_size = group["lr"] * math.sqrt(max(1.0, rows / cols))
             for p, b, u in zip(params, buf, updates):
@@ -101,6 +106,24 @@ class Muon(torch.optim.Optimizer):
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(u.to(p.dtype), alpha=-step_size)
         return loss
+
+    def _normalize_neurons(self, params: list[Tensor], updates: Tensor, beta2: float) -> Tensor:
+        """NorMuon (Li et al. 2025): each neuron's slice of the orthogonalised update ÷ the running RMS of
+        that neuron's past slices, then the whole update rescaled to its norm before. Neurons are the
+        rows of a tall or square matrix, the columns of a wide one (the longer side's vectors)."""
+        dim = -1 if updates.size(-2) >= updates.size(-1) else -2
+        sq = updates.float().square().mean(dim=dim, keepdim=True)  # (N, rows, 1) or (N, 1, cols)
+        v = []
+        for p, s in zip(params, sq):
+            state = self.state[p]
+            if "second_moment" not in state:
+                # From zero, as Adam's: its bias is one factor for every neuron, which the rescale undoes.
+                state["second_moment"] = torch.zeros_like(s)
+            v.append(state["second_moment"].lerp_(s, 1 - beta2))
+        scale = torch.stack(v).clamp(min=1e-20).rsqrt()
+        before = sq.sum(dim=(-2, -1), keepdim=True)
+        after = (sq * scale.square()).sum(dim=(-2, -1), keepdim=True)
+        return updates * (scale * (before / after.clamp(min=1e-20)).sqrt()).to(updates.dtype)
 
 
 class MuonWithAdamW:

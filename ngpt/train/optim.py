@@ -92,7 +92,7 @@ def make_optimizer(model: nn.Module, cfg: TrainSettings, model_cfg: ModelSetting
         by_shape.setdefault(tuple(p.shape), []).append(p)
     muon = Muon([{"params": ps, "name": f"matrices {r}×{c}", "kind": "muon"} for (r, c), ps in sorted(by_shape.items())],
                 lr=lrs["matrices"], momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, ns_steps=cfg.muon_ns_steps,
-                ns_scaling=cfg.muon_ns_scaling)
+                ns_scaling=cfg.muon_ns_scaling, row_norm=cfg.muon_row_norm, beta2=cfg.muon_beta2)
     for group in muon.param_groups:
         group["name"] = "matrices"  # one lr for all of them; the shapes only batch the work
     return MuonWithAdamW(muon, adamw)

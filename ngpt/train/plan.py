@@ -98,7 +98,8 @@ def weight_decay_label(cfg) -> str:
 def optimizer_label(cfg) -> str:
     if cfg.optimizer == "adamw":
         return f"AdamW β {cfg.adam_betas[0]:g}/{cfg.adam_betas[1]:g}, {weight_decay_label(cfg)}"
-    return (f"Muon (momentum {cfg.muon_momentum_start:g}→{cfg.muon_momentum:g} over {cfg.muon_momentum_warmup_steps} steps, "
+    name = f"NorMuon (β₂ {cfg.muon_beta2:g}, " if cfg.muon_row_norm else "Muon ("
+    return (f"{name}momentum {cfg.muon_momentum_start:g}→{cfg.muon_momentum:g} over {cfg.muon_momentum_warmup_steps} steps, "
             f"{cfg.muon_ns_steps} NS steps, {cfg.muon_ns_scaling} scaling) + AdamW β {cfg.adam_betas[0]:g}/{cfg.adam_betas[1]:g}, "
             f"{weight_decay_label(cfg)}")
 
