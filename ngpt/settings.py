@@ -222,7 +222,7 @@ class TrainSettings(_Section):
     amp: AmpChoice = Field("auto", description="Autocast: auto (on where it measured faster) | true | false.")
     amp_dtype: AmpDtypeChoice = Field("auto", description="Autocast dtype: auto (bf16 where supported, else fp16) | bf16 | fp16.")
     activation_checkpointing: bool = Field(False, description="Recompute each block in backward (less memory, ~30 % more compute).")
-    compile: bool = Field(False, description="torch.compile the model.")
+    compile: bool | Literal["auto"] = Field("auto", description="torch.compile the model: true | false | auto (time eager steps, compile when the budget left is long enough to repay it, keep it only if compiled steps time faster: ngpt.train.compile_policy).")
     max_tokens: int | None = Field(None, gt=0, description="Stop after this many training tokens.")
     max_time: str | None = Field(None, description="Stop after this wall time, e.g. '8h', '30m'.")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")

@@ -306,6 +306,59 @@ def test_parse_duration():
         parse_duration("eight hours")
 
 
+class CountingWrapper(torch.nn.Module):
+    """What the fake torch.compile returns: the model, called through a counter."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.calls = model, 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.model(*args, **kwargs)
+
+
+def _quick_compile_policy(monkeypatch):
+    from ngpt.train import compile_policy
+
+    for name, value in {"WARMUP_STEPS": 1, "PROBE_STEPS": 2, "CHECK_STEPS": 2, "MIN_SECONDS_LEFT": 0.0}.items():
+        monkeypatch.setattr(compile_policy, name, value)
+
+
+@pytest.mark.parametrize("outcome", ["kept", "not faster", "fails"])
+def test_compile_auto_switches_mid_run_and_trains_as_eager_does(workspace, tmp_path, monkeypatch, outcome):
+    """compile: auto with a fake torch.compile (the real one is tests/test_model.py's): the run switches
+    after its timed eager steps; a compile that raises is redone eager from the same batches. Either
+    way the losses are exactly an eager run's."""
+    phase = {**PHASE, "total_steps": 8, "eval_every": 1000}
+    eager = run_phase(settings_for(workspace, tmp_path / "eager", **phase, compile=False), "pretrain", show=False)
+    _quick_compile_policy(monkeypatch)
+    from ngpt.train import compile_policy
+
+    monkeypatch.setattr(compile_policy, "MIN_SPEEDUP", 0.0 if outcome == "kept" else math.inf)
+    wrappers = []
+
+    def fake_compile(model, **kwargs):
+        if outcome == "fails":
+            def broken(*args, **kwargs):
+                raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+            return broken
+        wrappers.append(CountingWrapper(model))
+        return wrappers[-1]
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    auto = run_phase(settings_for(workspace, tmp_path / "auto", **phase, compile="auto"), "pretrain", show=False)
+    if outcome != "fails":
+        # 3 eager steps timed, then compiled: the first + 2 timed, then kept (steps 4-8) or not (4-6).
+        compiled_steps = 5 if outcome == "kept" else 3
+        assert len(wrappers) == 1 and wrappers[0].calls == compiled_steps * PHASE["accum_steps"]
+    assert _train_losses(tmp_path / "auto" / "runs") == _train_losses(tmp_path / "eager" / "runs")
+    assert auto.step == eager.step == 8
+    said = {"kept": "auto: compiled: compiled steps", "not faster": "auto: back to eager: compiled steps",
+            "fails": "auto: eager: torch.compile failed here (RuntimeError: InvalidCxxCompiler"}[outcome]
+    assert said in (auto.run_dir / "report.md").read_text()
+
+
 def test_max_tokens_stops_before_total_steps(workspace, tmp_path):
     phase = {k: v for k, v in PHASE.items() if k != "total_steps"}
     s = settings_for(workspace, tmp_path, total_steps=100, max_tokens=3 * 2 * 2 * 32, **phase)

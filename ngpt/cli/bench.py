@@ -68,7 +68,7 @@ def speed(
         typer.Option("--activation-checkpointing/--no-activation-checkpointing", help="--train: " + setting_help("pretrain.activation_checkpointing")),
     ] = None,
     compile: Annotated[
-        Optional[bool], typer.Option("--compile/--no-compile", help="--train: " + setting_help("pretrain.compile") + "; both models when comparing")
+        Optional[bool], typer.Option("--compile/--no-compile", help="--train: torch.compile the model (both when comparing); pretrain.compile's auto is eager here, as a few steps never repay a compile")
     ] = None,
     precision: Annotated[
         Optional[WeightFormat],
@@ -136,7 +136,7 @@ def speed(
         plan = SpeedPlan(
             model=s.model, device=dev, precision=resolve_precision(dev, t.amp, t.amp_dtype), micro_b=micro_b or 4,
             warmup_steps=2 if warmup_steps is None else warmup_steps, steps=steps or 5,
-            activation_checkpointing=t.activation_checkpointing, compile=t.compile, optim=t,
+            activation_checkpointing=t.activation_checkpointing, compile=t.compile is True, optim=t,  # auto: eager (a few steps)
             accum_steps=accum_steps or 1, seed=t.seed, compare=compare,
         )
         console.print(plan_table(plan))

@@ -36,7 +36,8 @@ from ngpt.settings import Settings, TrainSettings, parse_duration, settings_json
 from ngpt.tokcache.reader import PretrainReader, SFTReader
 from ngpt.tokenizer import Tokenizer
 from ngpt.train import distributed
-from ngpt.train.checkpoint import CheckpointManager, checkpoint_state, resolve_resume, set_rng_state
+from ngpt.train.checkpoint import CheckpointManager, checkpoint_state, resolve_resume, rng_state, set_rng_state
+from ngpt.train.compile_policy import CompilePolicy
 from ngpt.train.evaluate import eval_losses
 from ngpt.train.optim import make_optimizer, scaled_lrs, set_group_lrs, set_muon_momentum
 from ngpt.train.plan import TrainingPlan, print_plan
@@ -44,7 +45,7 @@ from ngpt.train.preflight import check_before_training
 from ngpt.train.progress import TrainProgress
 from ngpt.metrics import MetricsLog
 from ngpt.train.report import write_report
-from ngpt.train.schedule import budget_progress, lr_factor, muon_momentum
+from ngpt.train.schedule import budget_progress, lr_factor, muon_momentum, seconds_left
 from ngpt.train.step import accumulate_gradients, autocast_factory, optimizer_step
 
 EVAL_SEED = 4242  # fixed: every evaluation sees the same held-out batches
@@ -209,7 +210,7 @@ def build(settings: Settings, phase: str, start: StartState, info, device, preci
         run_id = state["run_id"]
     elif start.init_weights is not None:
         model.load_state_dict(start.init_weights)
-    train_model = torch.compile(model) if cfg.compile else model
+    train_model = torch.compile(model) if cfg.compile is True else model  # "auto": fit decides once it has timed steps
     if info.enabled:
         train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -230,6 +231,29 @@ def build(settings: Settings, phase: str, start: StartState, info, device, preci
 # 3. Training.
 
 
+def forward_backward(t: Trainer) -> float:
+    """One optimizer step's micro-batches through t.train_model; the summed loss (gradients accumulated)."""
+    return accumulate_gradients(t.train_model, t.batches.next, accum_steps=t.cfg.accum_steps, autocast=t.autocast,
+                                scaler=t.scaler, device=t.device, ddp=t.info.enabled)
+
+
+def first_compiled_step(t: Trainer, policy: CompilePolicy, eager_model: torch.nn.Module, progress: TrainProgress) -> float:
+    """forward_backward with the just-compiled model (the compile happens here). If torch.compile cannot
+    build it on this machine (no C++ compiler for inductor, an op it cannot trace), the step is redone
+    eager from the same batches and the run stays eager, so it trains exactly as it would have."""
+    sampler_before, rng_before = t.batches.state_dict(), rng_state()  # (dropout draws from the RNG)
+    try:
+        return forward_backward(t)
+    except Exception as e:  # noqa: BLE001 — whatever the compiler raised, eager still works
+        policy.compile_failed(e)
+        progress.note(f"compile auto: {policy.outcome}")
+        t.train_model = eager_model
+        t.optimizer.zero_grad(set_to_none=True)
+        t.batches.load_state_dict(sampler_before)
+        set_rng_state(rng_before)
+        return forward_backward(t)
+
+
 def fit(t: Trainer, show: bool = True) -> PhaseResult:
     cfg, info, is_main = t.cfg, t.info, t.info.is_main
     if is_main:
@@ -247,6 +271,8 @@ def fit(t: Trainer, show: bool = True) -> PhaseResult:
     last_metrics: dict = {}
     t_start = time.perf_counter() - t.elapsed_s
     progress = TrainProgress(cfg.total_steps, t.start_step, enabled=is_main and show)
+    policy = CompilePolicy() if cfg.compile == "auto" else None
+    eager_model = t.train_model
     step = t.start_step
     t.train_model.train()
     with progress:
@@ -259,8 +285,10 @@ def fit(t: Trainer, show: bool = True) -> PhaseResult:
             set_group_lrs(t.optimizer, t.peak_lrs, factor)
             set_muon_momentum(t.optimizer, muon_momentum(step, cfg))
             lr = t.peak_lrs["matrices"] * factor
-            loss_sum = accumulate_gradients(t.train_model, t.batches.next, accum_steps=cfg.accum_steps,
-                                            autocast=t.autocast, scaler=t.scaler, device=t.device, ddp=info.enabled)
+            if policy is not None and policy.compiling_now:
+                loss_sum = first_compiled_step(t, policy, eager_model, progress)
+            else:
+                loss_sum = forward_backward(t)
             train_loss = distributed.mean_across_ranks(loss_sum, info, t.device)
             if not math.isfinite(train_loss):
                 good = t.start.ckpts.dir / "latest.pt"
@@ -281,6 +309,17 @@ def fit(t: Trainer, show: bool = True) -> PhaseResult:
                 progress.update(step, train_loss, lr, tps, mfu)
 
             t.elapsed_s = time.perf_counter() - t_start
+            if policy is not None and policy.watching:
+                # Every rank decides on the same numbers (the mean over ranks), so all compile or none.
+                step_s = distributed.mean_across_ranks(dt, info, t.device)
+                action = policy.observe(step_s, lambda eager_s: distributed.mean_across_ranks(
+                    seconds_left(step, t.tokens_seen, t.elapsed_s, eager_s, t.tokens_per_step, cfg), info, t.device))
+                if action == "compile":
+                    t.train_model = torch.compile(eager_model)
+                elif action == "eager":
+                    t.train_model = eager_model
+                if not policy.watching or action == "compile":
+                    progress.note(f"compile auto: {policy.outcome}")
             out_of_budget = (cfg.max_tokens is not None and t.tokens_seen >= cfg.max_tokens) or (
                 max_time is not None and t.elapsed_s >= max_time
             )
@@ -300,6 +339,8 @@ def fit(t: Trainer, show: bool = True) -> PhaseResult:
                 break
 
     final = {"step": step, "tokens": t.tokens_seen, "train_loss": train_loss if step > t.start_step else None, **last_metrics}
+    if policy is not None:
+        t.plan.runtime["compile"] = f"auto: {policy.outcome}"  # the report says what was decided
     if is_main:
         write_report(t.run_dir, f"ngpt {t.phase} — {t.run_id}", t.plan.tables(), {k: v for k, v in final.items() if v is not None})
     best_file = t.start.ckpts.dir / "best.pt"

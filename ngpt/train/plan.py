@@ -17,6 +17,7 @@ from ngpt.device import Precision
 from ngpt.settings import Settings
 from ngpt.tokcache.layout import read_meta, source_dir
 from ngpt.tokenizer import Tokenizer
+from ngpt.train import compile_policy as cp
 from ngpt.train.distributed import DistInfo
 
 
@@ -36,7 +37,7 @@ class TrainingPlan:
             "phase": phase,
             "device": f"{device} × {info.world_size}" if info.enabled else str(device),
             "precision": precision.label,
-            "compile": cfg.compile,
+            "compile": compile_label(cfg.compile),
             "activation checkpointing": cfg.activation_checkpointing,
             "model": m.dims_label,
             "architecture": architecture_label(m),
@@ -69,6 +70,13 @@ class TrainingPlan:
     def tables(self) -> dict[str, dict]:
         return {"runtime": self.runtime,
                 "mix": {r[0]: f"weight {r[1]}, train {r[2]} tokens, val {r[3]} tokens, {r[4]} shards" for r in self.mix}}
+
+
+def compile_label(choice) -> str:
+    if choice != "auto":
+        return str(choice)
+    return (f"auto: after {cp.WARMUP_STEPS + cp.PROBE_STEPS} eager steps, compiles if ≥ {cp.MIN_SECONDS_LEFT / 60:.0f} min "
+            f"are left; stays compiled if ≥ {cp.MIN_SPEEDUP:g}× faster")
 
 
 def architecture_label(m) -> str:

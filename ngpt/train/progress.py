@@ -29,6 +29,10 @@ class TrainProgress:
         stats = f"loss {loss:.4f} lr {lr:.2e} {tokens_per_s:,.0f} tok/s{mfu_text}{self.eval_text}"
         self.progress.update(self.task, completed=step, stats=stats)
 
+    def note(self, text: str) -> None:
+        if self.enabled:
+            self.progress.console.print(text)
+
     def note_eval(self, metrics: dict) -> None:
         self.eval_text = " | " + " ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in metrics.items())
         if self.enabled:

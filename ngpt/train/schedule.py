@@ -3,6 +3,7 @@
     p = budget_progress(step, tokens, elapsed_s, cfg)        # the largest of step/total_steps, tokens/max_tokens, elapsed/max_time
     factor = lr_factor(step, p, cfg)                          # × each group's peak lr (ngpt.train.optim)
     momentum = muon_momentum(step, cfg)
+    left = seconds_left(step, tokens, elapsed_s, step_s, tokens_per_step, cfg)   # what compile: auto weighs
 
 cosine: linear warmup over warmup_steps, then cos from 1 to final_lr_frac over the budget.
 wsd (warmup-stable-decay): linear warmup, constant, then a linear warmdown to final_lr_frac over the
@@ -26,6 +27,19 @@ def budget_progress(step: int, tokens: int, elapsed_s: float, cfg: TrainSettings
     if max_time is not None:
         shares.append(elapsed_s / max_time)
     return min(1.0, max(shares))
+
+
+def seconds_left(step: int, tokens: int, elapsed_s: float, step_s: float, tokens_per_step: int,
+                 cfg: TrainSettings) -> float:
+    """The wall time the budget has left at step_s seconds per step: whichever of steps, tokens and time ends first."""
+    steps_left = cfg.total_steps - step
+    if cfg.max_tokens is not None:
+        steps_left = min(steps_left, math.ceil((cfg.max_tokens - tokens) / tokens_per_step))
+    left = [max(0, steps_left) * step_s]
+    max_time = parse_duration(cfg.max_time)
+    if max_time is not None:
+        left.append(max(0.0, max_time - elapsed_s))
+    return min(left)
 
 
 def lr_factor(step: int, progress: float, cfg: TrainSettings) -> float:
