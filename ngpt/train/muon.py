@@ -6,8 +6,8 @@
 Per step and matrix W with gradient G (Keller Jordan's Muon, as torch.optim.Muon computes it):
     buf ← lerp(buf, G, 1 − momentum);  U ← lerp(G, buf, momentum)        (Nesterov)
     U ← NS_k(scale(U))   in bf16: k quintic Newton-Schulz steps ≈ the nearest semi-orthogonal matrix
-    row_norm (NorMuon, Li et al. 2025): v ← lerp(v, mean_j U_ij², 1 − β₂) per neuron i (the longer
-        side's vectors); U ← U / √v, rescaled to U's norm before: orthogonal updates leave some
+    row_norm (NorMuon, Li et al. 2025): v ← lerp(v, mean_j U_ij², 1 − β₂) per neuron i (one per index
+        of the longer side); U ← U / √v, rescaled to U's norm before: orthogonal updates leave some
         neurons' steps far larger than others', and this evens them out as Adam does per coordinate
     W ← W·(1 − lr·wd) − lr·√max(1, rows/cols)·U
 scale is U / ‖U‖_F (torch.optim.Muon's, ns_scaling="frobenius") or AOL's per-row bound ("aol", the
@@ -110,7 +110,7 @@ class Muon(torch.optim.Optimizer):
     def _normalize_neurons(self, params: list[Tensor], updates: Tensor, beta2: float) -> Tensor:
         """NorMuon (Li et al. 2025): each neuron's slice of the orthogonalised update ÷ the running RMS of
         that neuron's past slices, then the whole update rescaled to its norm before. Neurons are the
-        rows of a tall or square matrix, the columns of a wide one (the longer side's vectors)."""
+        rows of a tall or square matrix, the columns of a wide one: one per index of the longer side."""
         dim = -1 if updates.size(-2) >= updates.size(-1) else -2
         sq = updates.float().square().mean(dim=dim, keepdim=True)  # (N, rows, 1) or (N, 1, cols)
         v = []
