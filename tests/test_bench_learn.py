@@ -50,6 +50,7 @@ def test_ablate_runs_each_variant_from_the_same_state_and_writes_its_table_and_j
     assert runs['pretrain.optimizer="adamw"']["val_bpb"] != runs["baseline"]["val_bpb"]
     assert runs["model.logit_softcap=null"]["val_bpb"] != runs["baseline"]["val_bpb"]
     assert json.loads((tmp_path / "ablation.json").read_text()) == record
+    assert record["settings"]["model"] == {"logit_softcap": 15} and record["settings"]["pretrain"]["max_tokens"] == 640
     table = (tmp_path / "ablation.md").read_text().splitlines()
     assert table[0].startswith("| run | val bpb | Δ vs baseline") and len(table) == 2 + 4
     assert "+0.0000" in table[3] or "-0.0000" in table[3]  # the muon row: Δ 0 against the baseline

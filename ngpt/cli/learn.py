@@ -86,7 +86,8 @@ def learn(
         return
     header, rows = comparison_rows(results)
     console.print(table("val bits/byte", header, rows))
-    record = {"mode": "learn", "runs": [r.to_json() for r in results]}
+    # "settings" is what every run shares (--set, --source, the budget); each run's "overrides" is its own variant.
+    record = {"mode": "learn", "settings": base, "runs": [r.to_json() for r in results]}
     if len(results) > 1:  # an ablation's table and record stay beside its runs
         atomic_write_text(out / "ablation.md", markdown_table(header, rows))
         atomic_write_text(out / "ablation.json", json.dumps(record, indent=1))
