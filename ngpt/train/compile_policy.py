@@ -89,4 +89,5 @@ class CompilePolicy:
 
     def compile_failed(self, error: BaseException) -> None:
         self.phase = "settled"
-        self.outcome = f"eager: torch.compile failed here ({type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''})"
+        first_line = (str(error).splitlines() or [""])[0][:160]
+        self.outcome = f"eager: torch.compile failed here ({type(error).__name__}: {first_line})"

@@ -35,5 +35,4 @@ class TrainProgress:
 
     def note_eval(self, metrics: dict) -> None:
         self.eval_text = " | " + " ".join(f"{k.removeprefix('val_')} {v:.3f}" for k, v in metrics.items())
-        if self.enabled:
-            self.progress.console.print(f"step {self.progress.tasks[0].completed:.0f} eval: " + self.eval_text.strip(" |"))
+        self.note(f"step {self.progress.tasks[0].completed:.0f} eval: " + self.eval_text.strip(" |"))
