@@ -3,8 +3,9 @@
 Device: cuda > mps > cpu. Precision (`amp` = auto|true|false, `amp_dtype` = auto|bf16|fp16):
 - CUDA: bf16 where the GPU supports it, else fp16 with a GradScaler.
 - MPS: off (autocast support there is partial and often slower).
-- CPU: bf16 where the CPU has native bf16 matrix units (AMX / AVX512-BF16), where it measured faster
-  than fp32 for our model (see README, `ngpt bench speed`); else off.
+- CPU: bf16 where a training step of a small model of ours measured faster in bf16 autocast than in
+  fp32 on this machine (ngpt.measured, once per machine: 1.5-2× where the CPU has AMX / AVX512-BF16,
+  about 3× slower on an Ice Lake without them); else off.
 
     from ngpt.device import resolve_device, resolve_precision
     dev = resolve_device("auto"); prec = resolve_precision(dev, "auto", "auto")
@@ -60,6 +61,7 @@ class Precision:
     enabled: bool
     dtype: torch.dtype | None  # autocast dtype when enabled
     use_grad_scaler: bool  # fp16 on CUDA needs loss scaling; bf16 does not
+    why: str = ""  # how "auto" chose it, when a measurement did (the resolved tables print it)
 
     @property
     def label(self) -> str:
@@ -84,9 +86,13 @@ def resolve_precision(device: torch.device, amp: str = "auto", amp_dtype: str = 
     # CPU: only bf16 autocast exists; fp16 on CPU is slower than fp32.
     if amp_dtype == "fp16":
         raise ValueError("amp_dtype=fp16 is not supported on CPU; use bf16 or auto")
-    if amp == "true" or cpu_has_native_bf16():
+    if amp == "true":
         return Precision(True, torch.bfloat16, False)
-    return Precision(False, None, False)
+    from ngpt.measured import cpu_training_autocast
+
+    measured = cpu_training_autocast()
+    return Precision(measured.name == "bf16", torch.bfloat16 if measured.name == "bf16" else None, False,
+                     why=f"auto: {measured.summary}")
 
 
 

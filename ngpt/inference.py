@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ngpt.checkpoint import find_checkpoint, load_for_inference
-from ngpt.device import DTYPES, Precision, cpu_has_native_bf16, resolve_device
+from ngpt.device import DTYPES, Precision, resolve_device
 from ngpt.engine import Engine
 from ngpt.model import GPT
 from ngpt.quantize import int8_supported, quantize_int8
@@ -39,8 +39,10 @@ def choose_weights(device: torch.device, choice: str = "auto") -> str:
     fp32 ~270, bf16 weights ~240, int8 weights ~720 (bf16 matrix-vector products are slow there, and
     bf16 attention over the cache 4x slower than fp32; int8 keeps attention and the cache fp32). What
     it costs in answers, `ngpt bench quality`: on two demo models int8 KL to fp32 ~1e-5 nats/token,
-    top-1 agreement 100 %, 30/30 greedy replies identical. So auto = int8 on CPUs with native bf16, bf16 on CUDA GPUs that have it (fp16 on older
-    ones), else fp32 (MPS included, as in training). Re-measure: `ngpt bench speed --decode --precision X`.
+    top-1 agreement 100 %, 30/30 greedy replies identical. So auto = on the CPU int8 or fp32, whichever
+    decoded a stack of matrices faster on this machine (ngpt.measured.cpu_decode_weights, once per
+    machine); bf16 on CUDA GPUs that have it (fp16 on older ones); fp32 on MPS, as in training.
+    Re-measure: `ngpt bench speed --decode --precision X`.
     """
     if choice not in WEIGHT_FORMATS:
         raise ValueError(f"precision {choice!r} is not known; choose one of: {', '.join(WEIGHT_FORMATS)}")
@@ -48,7 +50,11 @@ def choose_weights(device: torch.device, choice: str = "auto") -> str:
     if choice == "auto":
         if device.type == "cuda":
             return "bf16" if cuda_bf16 else "fp16"
-        return "int8" if int8_supported(device) and cpu_has_native_bf16() else "fp32"
+        if device.type == "cpu" and int8_supported(device):
+            from ngpt.measured import cpu_decode_weights
+
+            return cpu_decode_weights().name
+        return "fp32"
     if choice == "bf16" and device.type == "cuda" and not cuda_bf16:
         raise ValueError("--precision bf16 but this GPU does not support bf16; use fp16, fp32 or auto")
     if choice == "fp16" and device.type == "cpu":
@@ -56,6 +62,15 @@ def choose_weights(device: torch.device, choice: str = "auto") -> str:
     if choice == "int8" and not int8_supported(device):
         raise ValueError(f"--precision int8 runs on the CPU only (device here: {device}); use bf16, fp16, fp32 or auto")
     return choice
+
+
+def weights_label(device: torch.device, requested: str, chosen: str) -> str:
+    """What the resolved tables print for the weights: the format, and the measurement when auto chose it."""
+    if requested == "auto" and device.type == "cpu" and int8_supported(device):
+        from ngpt.measured import cpu_decode_weights
+
+        return f"{WEIGHT_LABELS[chosen]} (auto: {cpu_decode_weights().summary})"
+    return WEIGHT_LABELS[chosen]
 
 
 def prepare_for_decoding(model: GPT, weights: str) -> GPT:

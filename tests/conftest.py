@@ -1,12 +1,14 @@
 """Shared test fixtures: a tiny real sentencepiece tokenizer, and the optional ../shared/data samples.
 
-Tests never touch the network: the hub is forced offline for the whole session.
+Tests never touch the network: the hub is forced offline for the whole session. The one-time speed
+measurements behind "auto" (ngpt.measured) are made afresh into a temporary file.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,8 @@ from ngpt.tokenizer import SourceSample, Tokenizer, train_tokenizer
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
+# The "auto" speed measurements (ngpt.measured) go to a file of this session's, not the user's cache.
+os.environ["NGPT_MEASURED_CACHE"] = str(Path(tempfile.mkdtemp(prefix="ngpt-measured-")) / "measured.json")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

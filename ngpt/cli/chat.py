@@ -142,7 +142,7 @@ def chat(
     import torch  # heavy imports only once a chat really starts: `ngpt --help` stays fast
 
     from ngpt.device import device_label
-    from ngpt.inference import WEIGHT_LABELS, checkpoint_generation, load_engine
+    from ngpt.inference import checkpoint_generation, load_engine, weights_label
     from ngpt.sampling import SamplingParams
     from ngpt.model import param_count
 
@@ -169,7 +169,7 @@ def chat(
         "model": f"{param_count(m):,} params · {m.dims_label}",
         "tokenizer": f"{tok.vocab_size:,} ids · sha256 {tok.sha256[:12]}",
         "device": device_label(dev),
-        "precision": WEIGHT_LABELS[chosen],
+        "precision": weights_label(engine.device, precision, chosen),
         "KV cache": "off (--no-kv-cache)" if no_kv_cache else "on",
         "sampling": sampling_label(params),
         "max new tokens": f"{params.max_new_tokens}{capped}",

@@ -49,7 +49,7 @@ def serve(
     import torch
 
     from ngpt.device import device_label
-    from ngpt.inference import WEIGHT_LABELS
+    from ngpt.inference import weights_label
     from ngpt.model import param_count
     from ngpt.settings import load_settings
 
@@ -73,7 +73,7 @@ def serve(
         "shape": f"{n_params / 1e6:.2f}M params · {cfg.n_layer} layers × {cfg.n_embd} · context {cfg.seq_len}",
         "tokenizer": f"{engine.tok.vocab_size:,} ids · sha256 {engine.tok.sha256[:12]}",
         "device": device_label(engine.device),
-        "precision": WEIGHT_LABELS[chosen],
+        "precision": weights_label(engine.device, precision, chosen),
         "defaults": f"temperature {generation.temperature} · top_k {generation.top_k} · top_p {generation.top_p} · "
                     f"max_tokens {min(generation.max_new_tokens, max_tokens_cap or cfg.seq_len)} (cap {max_tokens_cap or cfg.seq_len})",
         "concurrency": f"{max_concurrent} generating · {max_queue} waiting",

@@ -36,7 +36,7 @@ class TrainingPlan:
         runtime = {
             "phase": phase,
             "device": f"{device} × {info.world_size}" if info.enabled else str(device),
-            "precision": precision.label,
+            "precision": precision.label + (f" ({precision.why})" if precision.why else ""),
             "compile": compile_label(cfg.compile),
             "activation checkpointing": cfg.activation_checkpointing,
             "model": m.dims_label,
