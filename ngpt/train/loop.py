@@ -39,6 +39,7 @@ from ngpt.train import distributed
 from ngpt.train.checkpoint import CheckpointManager, checkpoint_state, resolve_resume, rng_state, set_rng_state
 from ngpt.train.compile_policy import CompilePolicy
 from ngpt.train.evaluate import eval_losses
+from ngpt.train.muon import MuonWithAdamW
 from ngpt.train.optim import make_optimizer, scaled_lrs, set_group_lrs, set_muon_momentum
 from ngpt.train.plan import TrainingPlan, print_plan
 from ngpt.train.preflight import check_before_training
@@ -222,6 +223,10 @@ def build(settings: Settings, phase: str, start: StartState, info, device, preci
     peak_lrs = scaled_lrs(cfg, settings.model, tokens_per_step)
     plan = TrainingPlan.build(settings, phase, device, precision, info, model, start.tok, tokens_per_step, peak_lrs,
                               start_step, start.resume_path, start.init_from, run_dir)
+    if isinstance(optimizer, MuonWithAdamW) and device.type == "cpu":
+        from ngpt.measured import cpu_matmul_dtype
+
+        plan.runtime["newton-schulz"] = f"auto: {cpu_matmul_dtype().summary}"  # what Muon iterates in here
     return Trainer(settings, phase, cfg, info, device, precision, start, model, train_model, optimizer, scaler, batches,
                    eval_sets, run_id, run_dir, plan, raw_overrides, tokens_per_step, peak_lrs, start_step, best_val,
                    tokens_seen, elapsed_s)

@@ -5,7 +5,8 @@
 
 Per step and matrix W with gradient G (Keller Jordan's Muon, as torch.optim.Muon computes it):
     buf ← lerp(buf, G, 1 − momentum);  U ← lerp(G, buf, momentum)        (Nesterov)
-    U ← NS_k(scale(U))   in bf16: k quintic Newton-Schulz steps ≈ the nearest semi-orthogonal matrix
+    U ← NS_k(scale(U))   k quintic Newton-Schulz steps ≈ the nearest semi-orthogonal matrix, in bf16 on
+        GPUs (Muon's own choice) and on the CPU in what measured faster here (newton_schulz_dtype)
     row_norm (NorMuon, Li et al. 2025): v ← lerp(v, mean_j U_ij², 1 − β₂) per neuron i (one per index
         of the longer side); U ← U / √v, rescaled to U's norm before: orthogonal updates leave some
         neurons' steps far larger than others', and this evens them out as Adam does per coordinate
@@ -15,7 +16,8 @@ default: the same accuracy one iteration sooner; see orthogonalize).
 torch.optim.Muon runs the same arithmetic one matrix at a time; this one stacks every matrix of a
 param group (one group per shape) and runs the iterations as batched matmuls, with the polynomial's
 adds fused into them (baddbmm). Measured on a 2-core AVX512-BF16/AMX CPU for the default 20M model
-(48 matrices, 5 steps): torch.optim.Muon 233 ms per optimizer step, this 137 ms.
+(48 matrices, 5 steps): torch.optim.Muon 233 ms per optimizer step, this 137 ms. On a 2-core Ice Lake
+(no bf16 units; 4 steps, AOL) the iterations took 1.70 s in bf16, 0.46 s in fp32.
 Tested against torch.optim.Muon on toy matrices (tests/test_muon.py).
 """
 
@@ -31,29 +33,39 @@ from ngpt.settings import NsScalingChoice
 
 # The quintic's coefficients, chosen to maximise the slope at zero (Jordan et al., torch.optim.Muon's defaults).
 NS_COEFFICIENTS = (3.4445, -4.775, 2.0315)
-NS_DTYPE = torch.bfloat16  # the iteration tolerates bf16 (Muon's own choice); the update is applied in fp32
 EPS = 1e-7
 NS_SCALINGS = get_args(NsScalingChoice)  # the names the settings accept, spelled once there
 
 
-def orthogonalize(updates: Tensor, steps: int, scaling: str = "frobenius") -> Tensor:
+def newton_schulz_dtype(device: torch.device) -> torch.dtype:
+    """What the iterations run in: they tolerate bf16 (Muon's own choice), which is the fast dtype on GPUs;
+    on the CPU bf16 is faster only with bf16 units, so there it is whichever measured faster here."""
+    if device.type != "cpu":
+        return torch.bfloat16
+    from ngpt.device import DTYPES
+    from ngpt.measured import cpu_matmul_dtype
+
+    return DTYPES[cpu_matmul_dtype().name]
+
+
+def orthogonalize(updates: Tensor, steps: int, scaling: str = "frobenius", dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """Newton-Schulz on a stack (N, rows, cols) of same-shape matrices.
 
     The iteration needs every singular value ≤ 1 first. scaling="frobenius" divides by ‖X‖_F (Muon's
     original); "aol" scales each row i by (Σ_j |XXᵀ|_ij)^-½ (Prach & Lampert's AOL bound, as Turbo-Muon
     does): also ≤ 1, but far less pessimistic, so the small singular values start nearer 1 and one
     iteration fewer reaches the same accuracy. Its Gram matrix is the first iteration's, so it costs
-    no matmul.
+    no matmul. The update is applied in fp32 whatever `dtype` the iterations ran in.
     """
     a, b, c = NS_COEFFICIENTS
     tall = updates.size(-2) > updates.size(-1)
-    x = (updates.mT if tall else updates).to(NS_DTYPE)  # iterate on the wide side: the Gram matrix is the smaller one
+    x = (updates.mT if tall else updates).to(dtype)  # iterate on the wide side: the Gram matrix is the smaller one
     if scaling == "frobenius":
         x = x / x.flatten(1).norm(dim=1).clamp(min=EPS)[:, None, None]
     for step in range(steps):
         gram = torch.bmm(x, x.mT)
         if step == 0 and scaling == "aol":
-            row = gram.abs().sum(-1, dtype=torch.float32).clamp(min=EPS).rsqrt().to(NS_DTYPE)  # (N, rows)
+            row = gram.abs().sum(-1, dtype=torch.float32).clamp(min=EPS).rsqrt().to(dtype)  # (N, rows)
             x = x * row[:, :, None]
             gram = gram * row[:, :, None] * row[:, None, :]  # D·A·D: the Gram matrix of D·X
         poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b·A + c·A²
@@ -65,11 +77,13 @@ class Muon(torch.optim.Optimizer):
     """Muon for 2-D parameters; each param group should hold one shape (they are stacked per group)."""
 
     def __init__(self, params, lr: float, momentum: float, weight_decay: float, ns_steps: int,
-                 ns_scaling: str = "frobenius", row_norm: bool = False, beta2: float = 0.95) -> None:
+                 ns_scaling: str = "frobenius", row_norm: bool = False, beta2: float = 0.95,
+                 ns_dtype: torch.dtype = torch.bfloat16) -> None:
         if ns_scaling not in NS_SCALINGS:
             raise ValueError(f"ns_scaling={ns_scaling!r}; choose one of {', '.join(NS_SCALINGS)}")
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay, "ns_steps": ns_steps,
                                   "ns_scaling": ns_scaling, "row_norm": row_norm, "beta2": beta2})
+        self.ns_dtype = ns_dtype  # not a group key: a checkpoint resumed on another machine iterates in that one's
         for group in self.param_groups:
             shapes = {tuple(p.shape) for p in group["params"]}
             bad = [tuple(p.shape) for p in group["params"] if p.dim() != 2]
@@ -96,7 +110,8 @@ class Muon(torch.optim.Optimizer):
             grads = torch.stack([p.grad for p in params])
             buf = torch.stack(bufs).lerp_(grads, 1 - momentum)
             # A checkpoint from before ns_scaling / row_norm existed resumes as it was trained.
-            updates = orthogonalize(grads.lerp_(buf, momentum), group["ns_steps"], group.get("ns_scaling", "frobenius"))
+            updates = orthogonalize(grads.lerp_(buf, momentum), group["ns_steps"], group.get("ns_scaling", "frobenius"),
+                                   self.ns_dtype)
             if group.get("row_norm"):
                 updates = self._normalize_neurons(params, updates, group["beta2"])
             rows, cols = params[0].shape

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ngpt.settings import ModelSettings, TrainSettings
-from ngpt.train.muon import Muon, MuonWithAdamW
+from ngpt.train.muon import Muon, MuonWithAdamW, newton_schulz_dtype
 
 FUSED_DEVICES = ("cuda", "cpu")  # where torch has a fused AdamW kernel (MPS's is not used here)
 GROUPS = ("matrices", "embedding", "head", "scalars")
@@ -92,7 +92,8 @@ def make_optimizer(model: nn.Module, cfg: TrainSettings, model_cfg: ModelSetting
         by_shape.setdefault(tuple(p.shape), []).append(p)
     muon = Muon([{"params": ps, "name": f"matrices {r}×{c}", "kind": "muon"} for (r, c), ps in sorted(by_shape.items())],
                 lr=lrs["matrices"], momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, ns_steps=cfg.muon_ns_steps,
-                ns_scaling=cfg.muon_ns_scaling, row_norm=cfg.muon_row_norm, beta2=cfg.muon_beta2)
+                ns_scaling=cfg.muon_ns_scaling, row_norm=cfg.muon_row_norm, beta2=cfg.muon_beta2,
+                ns_dtype=newton_schulz_dtype(device))
     for group in muon.param_groups:
         group["name"] = "matrices"  # one lr for all of them; the shapes only batch the work
     return MuonWithAdamW(muon, adamw)
