@@ -18,7 +18,7 @@ from ngpt.batches import Batch
 from ngpt.device import Precision
 from ngpt.model import GPT
 from ngpt.settings import ModelSettings, TrainSettings
-from ngpt.train.muon import Muon, MuonWithAdamW, orthogonalize
+from ngpt.train.muon import NS_COEFFICIENTS, Muon, MuonWithAdamW, gram_is_cheaper, orthogonalize
 from ngpt.train.optim import make_optimizer, parameter_groups
 from ngpt.train.step import accumulate_gradients, autocast_factory, optimizer_step
 
@@ -66,6 +66,41 @@ def test_aol_scaling_starts_newton_schulz_nearer_the_polar_factor(shape):
     if rows != cols:
         assert cosine(aol4) >= cosine(orthogonalize(g, 5, "frobenius")) - 0.002
     assert torch.equal(orthogonalize(torch.zeros(2, rows, cols), 4, "aol"), torch.zeros(2, rows, cols).bfloat16())
+
+
+def newton_schulz_from_the_definition(g, steps, scaling):
+    """The plain iteration in float64 on the wide side: X ← a·X + (b·A + c·A²)·X with A = X·Xᵀ."""
+    a, b, c = NS_COEFFICIENTS
+    tall = g.size(-2) > g.size(-1)
+    x = (g.mT if tall else g).double()
+    if scaling == "frobenius":
+        x = x / x.norm(dim=(-2, -1), keepdim=True)
+    else:
+        x = x / (x @ x.mT).abs().sum(-1, keepdim=True).sqrt()
+    for _ in range(steps):
+        gram = x @ x.mT
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.mT if tall else x
+
+
+@pytest.mark.parametrize("scaling", ["frobenius", "aol"])
+@pytest.mark.parametrize("shape", [(16, 40), (40, 16), (32, 128), (24, 24)])
+def test_fp32_iterations_equal_the_plain_newton_schulz(shape, scaling):
+    """fp32 runs rectangular matrices through the Gram-matrix form (Q·X with Q a polynomial in X·Xᵀ), square ones
+    through the plain loop; both give the definition's iterate."""
+    g = torch.randn(3, *shape, generator=torch.Generator().manual_seed(1))
+    assert gram_is_cheaper(min(shape), max(shape), 4) == (shape[0] != shape[1])
+    ours = orthogonalize(g, 4, scaling, dtype=torch.float32)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours.double(), newton_schulz_from_the_definition(g, 4, scaling), rtol=0, atol=1e-4)
+
+
+def test_the_gram_form_is_chosen_where_it_saves_flops():
+    """4r + 8k − 6 < k(4r + 2) short³ units (r = long/short, k steps): at 4 steps from r > 1.5, never when square
+    or with one step."""
+    assert not gram_is_cheaper(384, 384, 4) and not gram_is_cheaper(384, 576, 4)
+    assert gram_is_cheaper(384, 577, 4) and gram_is_cheaper(384, 1536, 4) and gram_is_cheaper(384, 1536, 5)
+    assert not gram_is_cheaper(16, 1600, 1)
 
 
 def test_a_state_saved_before_ns_scaling_existed_steps_with_frobenius():
