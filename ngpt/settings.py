@@ -240,6 +240,12 @@ class TrainSettings(_Section):
         parse_duration(value)  # a bad duration fails at settings load, not when training starts
         return value
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp_bool(cls, value):
+        # JSON true/false (a config file, or --set pretrain.amp=true) mean the strings the choice names.
+        return ("true" if value else "false") if isinstance(value, bool) else value
+
     @field_validator("adam_betas")
     @classmethod
     def _betas(cls, betas: tuple[float, float]) -> tuple[float, float]:

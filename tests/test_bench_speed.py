@@ -243,3 +243,20 @@ def test_weight_bytes_per_token_count_what_the_matmuls_read(tmp_path):
 def test_train_compare_llama_cpp_is_refused():
     result = CliRunner().invoke(app, ["speed", "--train", *TINY, *FAST, "--compare", "llama.cpp"])
     assert isinstance(result.exception, ValueError) and "use it with --decode" in str(result.exception)
+
+
+def test_against_times_another_configs_recipe_at_the_same_dims(tmp_path):
+    """--against: a second ngpt model with that config's options and optimizer, the run's dims, interleaved."""
+    classic = tmp_path / "classic.json"
+    classic.write_text(json.dumps({"model": {**classic_model(), "n_embd": 999}, "pretrain": {"optimizer": "adamw"}}))
+    result, record = run_speed("--against", str(classic))
+    against = record["against"]
+    assert against["config"] == str(classic) and against["optimizer"] == "adamw" and record["config"]["optimizer"] == "muon"
+    # SwiGLU (d_ff 128) with a tied head and gains at C=32, not the file's 999: table, final gain, 2 blocks
+    tied_swiglu = 97 * 32 + 32 + 2 * (4 * 32 * 32 + 3 * 32 * 128 + 2 * 32)
+    assert against["params"] == tied_swiglu != record["ours"]["params"]
+    assert against["tokens_per_s"] > 0
+    assert record["against_ratio"] == pytest.approx(record["ours"]["tokens_per_s"] / against["tokens_per_s"], rel=1e-3)
+    assert "against" in result.stdout and "transformers" not in record  # the plan table names it
+    bad = CliRunner().invoke(app, ["speed", "--decode", *TINY, "--against", str(classic)])
+    assert bad.exit_code == 2 and "--against only apply to --train" in bad.output

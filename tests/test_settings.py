@@ -165,3 +165,13 @@ def test_classic_config_is_the_2023_recipe():
     from ngpt.checkpoint import ARCHITECTURE_BEFORE_OPTIONS
 
     assert {k: getattr(s.model, k) for k in ARCHITECTURE_BEFORE_OPTIONS} == ARCHITECTURE_BEFORE_OPTIONS
+
+
+def test_amp_takes_json_booleans_as_its_choices(tmp_path):
+    """`--set pretrain.amp=true` and a config's "amp": false arrive as JSON booleans: they mean "true"/"false"."""
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"pretrain": {"amp": False}}))
+    assert load_settings(path).pretrain.amp == "false"
+    assert load_settings(overrides={"pretrain": {"amp": True}}).pretrain.amp == "true"
+    with pytest.raises(SettingsError, match="pretrain.amp"):
+        load_settings(overrides={"pretrain": {"amp": "yes"}})

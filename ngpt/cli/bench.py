@@ -4,6 +4,7 @@ costs in answers; the overnight config sweep.
     ngpt bench speed --train
     ngpt bench speed --train --compare transformers --amp true --amp-dtype bf16
     ngpt bench speed --train --config configs/pretrain.json --micro-b 8 --compile
+    ngpt bench speed --train --against configs/classic.json          # the recipe's cost vs the 2023 one, same dims
     ngpt bench speed --decode --compare transformers                # 256 prompt + 256 new tokens, greedy
     ngpt bench speed --decode --compare llama.cpp --no-uncached      # int8 vs llama.cpp's q8_0 (the gguf extra)
     ngpt bench speed --decode --precision fp32 --threads 2 --no-uncached
@@ -37,12 +38,16 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command()
 def speed(
-    train: Annotated[bool, typer.Option("--train", help="Time full training steps (forward, backward, AdamW).")] = False,
+    train: Annotated[bool, typer.Option("--train", help="Time full training steps (forward, backward, the optimizer).")] = False,
     decode: Annotated[
         bool, typer.Option("--decode", help="Time batch-1 greedy generation, with and without the KV cache.")
     ] = False,
     compare: Annotated[
         Optional[SpeedCompare], typer.Option(help="Also time this implementation of the same model, in the same run.")
+    ] = None,
+    against: Annotated[
+        Optional[Path], typer.Option(help="--train: also time this config's recipe (model options, optimizer settings) "
+                                          "at the same dims, step by step in alternation, e.g. configs/classic.json.")
     ] = None,
     config: ConfigOpt = None,
     vocab_size: Annotated[Optional[int], typer.Option(help=setting_help("model.vocab_size"))] = None,
@@ -100,7 +105,8 @@ def speed(
                     "no mode" if not train else "two modes")
         raise typer.Exit(2)
     train_only = {"--micro-b": micro_b, "--accum-steps": accum_steps, "--optimizer": optimizer, "--amp": amp, "--amp-dtype": amp_dtype, "--warmup-steps": warmup_steps,
-                  "--steps": steps, "--activation-checkpointing": activation_checkpointing, "--compile": compile}
+                  "--steps": steps, "--activation-checkpointing": activation_checkpointing, "--compile": compile,
+                  "--against": against}
     decode_only = {"--precision": precision, "--prompt-tokens": prompt_tokens, "--new-tokens": new_tokens,
                    "--repeats": repeats, "--uncached": uncached}
     wrong = [flag for flag, value in (decode_only if train else train_only).items() if value is not None]
@@ -131,13 +137,20 @@ def speed(
             report = run_decode_speed(plan)
         console.print(decode_result_table(report))
     else:
-        from ngpt.bench.speed import SpeedPlan, run_train_speed
+        from ngpt.bench.speed import Recipe, SpeedPlan, run_train_speed
 
+        recipe = None
+        if against is not None:
+            # The same flags on top of the other config, so only what that file sets differs (its dims are overridden
+            # by this run's: a recipe is compared at one shape).
+            other = resolve_settings(against, None, overrides, False)
+            dims = {k: getattr(s.model, k) for k in ("vocab_size", "seq_len", "n_embd", "n_layer", "n_head", "d_ff")}
+            recipe = Recipe(str(against), other.model.model_copy(update=dims), other.pretrain)
         plan = SpeedPlan(
             model=s.model, device=dev, precision=resolve_precision(dev, t.amp, t.amp_dtype), micro_b=micro_b or 4,
             warmup_steps=2 if warmup_steps is None else warmup_steps, steps=steps or 5,
             activation_checkpointing=t.activation_checkpointing, compile=t.compile is True, optim=t,  # auto: eager (a few steps)
-            accum_steps=accum_steps or 1, seed=t.seed, compare=compare,
+            accum_steps=accum_steps or 1, seed=t.seed, compare=compare, against=recipe,
         )
         console.print(plan_table(plan))
         with console.status(f"measuring the matmul peak, then timing {plan.warmup_steps} + {plan.steps} steps"):
@@ -150,6 +163,7 @@ def speed(
 def plan_table(plan: SpeedPlan) -> Table:
     from ngpt.model import param_count
     from ngpt.device import device_label
+    from ngpt.train.plan import architecture_label
 
     m = plan.model
     return kv_table("bench speed --train", {
@@ -160,24 +174,35 @@ def plan_table(plan: SpeedPlan) -> Table:
         "micro_B": plan.micro_b,
         "accum_steps": plan.accum_steps,
         "optimizer": plan.optim.optimizer,
+        "architecture": architecture_label(m),
         "tokens per step": plan.tokens_per_step,
         "steps": f"{plan.warmup_steps} warm-up (discarded) + {plan.steps} timed",
         "activation checkpointing": plan.activation_checkpointing,
         "compile": plan.compile,
         "compare": plan.compare or "-",
+        "against": "-" if plan.against is None else f"{plan.against.name} ({plan.against.optim.optimizer}, "
+                                                     f"{architecture_label(plan.against.model)})",
     })
 
 
 def result_table(report: TrainSpeedReport) -> Table:
     peak = report.peak.flops_per_s
-    rows = [("ngpt", report.ours, report.ratio)]
+    rows = [("ngpt", report.ours, report.ratio, report.against_ratio)]
     if report.transformers is not None:
-        rows.append(("transformers", report.transformers, 1.0))
+        rows.append(("transformers", report.transformers, 1.0, None))
+    if report.against is not None:
+        rows.append((f"ngpt, {report.plan.against.name}", report.against, None, 1.0))
+    columns = ["model", "tokens/s", "ms/step (median)", "ms/step (best)", "MFU"]
+    columns += ["ratio vs transformers"] * (report.transformers is not None) + ["ratio vs --against"] * (report.against is not None)
+
+    def ratios(vs_transformers, vs_against) -> list[str]:
+        cells = [vs_transformers] * (report.transformers is not None) + [vs_against] * (report.against is not None)
+        return ["-" if r is None else f"{r:.2f}×" for r in cells]
+
     return table(
-        f"training speed (MFU against {report.peak.label}, measured here)",
-        ("model", "tokens/s", "ms/step (median)", "ms/step (best)", "MFU", "ratio vs transformers"),
-        [(name, t.tokens_per_s, 1e3 * t.median_step_s, 1e3 * t.best_step_s, f"{100 * t.mfu(peak):.1f}%",
-          "-" if ratio is None else f"{ratio:.2f}×") for name, t, ratio in rows],
+        f"training speed (MFU against {report.peak.label}, measured here)", tuple(columns),
+        [(name, t.tokens_per_s, 1e3 * t.median_step_s, 1e3 * t.best_step_s, f"{100 * t.mfu(peak):.1f}%", *ratios(r, a))
+         for name, t, r, a in rows],
     )
 
 

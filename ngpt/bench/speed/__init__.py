@@ -23,6 +23,7 @@ from ngpt.bench.speed.decode import (
 )
 from ngpt.bench.speed.train import (
     ModelTiming,
+    Recipe,
     SpeedPlan,
     TrainSpeedReport,
     TrainStep,
@@ -34,7 +35,7 @@ from ngpt.bench.speed.train import (
 )
 
 __all__ = [
-    "COMPARE_CHOICES", "DecodePlan", "DecodeSpeedReport", "DecodeTiming", "ModelTiming", "SpeedPlan", "SyntheticTokenizer",
+    "COMPARE_CHOICES", "DecodePlan", "DecodeSpeedReport", "DecodeTiming", "ModelTiming", "Recipe", "SpeedPlan", "SyntheticTokenizer",
     "TrainSpeedReport", "TrainStep", "build_ngpt", "build_transformers_generator", "build_transformers_llama", "machine",
     "model_dims", "run_decode_speed", "run_train_speed", "speed_ratio", "synthetic_batch", "time_interleaved",
     "transformers_config",

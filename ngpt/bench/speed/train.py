@@ -7,6 +7,10 @@ steps (allocator, kernel selection, compilation) are discarded; the device is sy
 every timed step. MFU is measured against a matmul peak taken on the spot
 (ngpt.device.measure_matmul_peak).
 
+`against=Recipe(...)` (the CLI's `--against CONFIG`) builds a second ngpt model of the same dims with another
+config's architecture options and optimizer settings (configs/classic.json: the 2023 recipe) and times
+the two step by step in alternation, as below: a recipe's cost measured side by side in one run.
+
 `compare="transformers"` builds the transformers model of the same architecture (ngpt.export.hf:
 Llama, Qwen3 or Arcee) and shapes (V, T, C, L, H, d_ff, tied embeddings, rope_theta, rms_norm_eps,
 no biases, SDPA attention), trains it with the same AdamW groups, clipping and autocast, and times
@@ -23,7 +27,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -35,6 +39,15 @@ from ngpt.model import GPT
 from ngpt.settings import ModelSettings, TrainSettings
 from ngpt.train.optim import make_optimizer
 from ngpt.train.step import autocast_factory, optimizer_step
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Another config's model options and training settings, timed beside the plan's own (--against)."""
+
+    name: str  # how tables and the JSON record name it: the config's path
+    model: ModelSettings
+    optim: TrainSettings
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,7 @@ class SpeedPlan:
     optim: TrainSettings = field(default_factory=TrainSettings)  # optimizer, lrs, clipping: what training steps with
     seed: int = 1337
     compare: str | None = None  # None or one of COMPARE_CHOICES
+    against: Recipe | None = None
 
     @property
     def tokens_per_step(self) -> int:
@@ -107,12 +121,18 @@ class TrainSpeedReport:
     peak: MatmulPeak
     ours: ModelTiming
     transformers: ModelTiming | None = None
+    against: ModelTiming | None = None
     extra: dict = field(default_factory=dict)  # versions and the like, for the JSON record
 
     @property
     def ratio(self) -> float | None:
         """Our tokens/s over transformers' (> 1: ngpt is faster)."""
         return speed_ratio(self.ours, self.transformers)
+
+    @property
+    def against_ratio(self) -> float | None:
+        """Our tokens/s over the --against recipe's (> 1: this config's recipe steps faster)."""
+        return speed_ratio(self.ours, self.against)
 
     def to_json(self) -> dict:
         p = self.plan
@@ -134,6 +154,10 @@ class TrainSpeedReport:
         if self.transformers is not None:
             out["transformers"] = self.transformers.to_json(self.peak.flops_per_s)
             out["ratio"] = round(self.ratio, 4)
+        if self.against is not None:
+            out["against"] = {"config": p.against.name, "optimizer": p.against.optim.optimizer,
+                              **self.against.to_json(self.peak.flops_per_s)}
+            out["against_ratio"] = round(self.against_ratio, 4)
         return out
 
 
@@ -226,14 +250,21 @@ def run_train_speed(plan: SpeedPlan) -> TrainSpeedReport:
         steps.append(TrainStep(hf, lambda: hf_fwd(input_ids=idx, labels=idx).loss, plan))
         models.append(hf)
         extra["transformers_version"] = transformers.__version__
+    names = ["ngpt"] + (["transformers"] if plan.compare == "transformers" else [])
+    if plan.against is not None:
+        other_plan = replace(plan, model=plan.against.model, optim=plan.against.optim, compare=None, against=None)
+        other = build_ngpt(other_plan)
+        other_fwd = torch.compile(other) if plan.compile else other
+        steps.append(TrainStep(other, lambda: other_fwd(idx, targets, logits="none")[1], other_plan))
+        models.append(other)
+        names.append("against")
 
-    times = time_interleaved(steps, plan.warmup_steps, plan.steps, plan.device)
-    # Same shapes, so the same FLOPs per token: count them once, with ngpt's formula, for both.
-    flops = ours.flops_per_token(plan.model.seq_len)
-    timings = [
-        ModelTiming(name, sum(p.numel() for p in m.parameters()), flops, plan.tokens_per_step, ts)
-        for name, m, ts in zip(("ngpt", "transformers"), models, times)
-    ]
-    return TrainSpeedReport(plan, peak, timings[0], timings[1] if len(timings) > 1 else None, extra)
+    times = dict(zip(names, time_interleaved(steps, plan.warmup_steps, plan.steps, plan.device)))
+    # transformers' twin has ngpt's shapes, so ngpt's formula counts its FLOPs too; another recipe counts its own.
+    flops = {name: (m if isinstance(m, GPT) else ours).flops_per_token(plan.model.seq_len) for name, m in zip(names, models)}
+    timings = {name: ModelTiming(name, sum(p.numel() for p in m.parameters()), flops[name], plan.tokens_per_step, times[name])
+               for name, m in zip(names, models)}
+    return TrainSpeedReport(plan, peak, timings["ngpt"], transformers=timings.get("transformers"),
+                            against=timings.get("against"), extra=extra)
 
 
