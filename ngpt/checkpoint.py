@@ -27,14 +27,11 @@ from ngpt.tokenizer import Tokenizer
 CHECKPOINT_VERSION = 1
 # Fields that fix the tensor shapes: resuming or initialising across a change in any of them is an error.
 SHAPE_FIELDS = ("vocab_size", "seq_len", "n_embd", "n_layer", "n_head", "d_ff", "rope_theta",
-                "mlp", "qk_norm", "tie_embeddings", "logit_softcap", "norm_gains", "embed_norm",
-                "x0_skips", "value_embeds")
+                "mlp", "qk_norm", "tie_embeddings", "logit_softcap", "norm_gains", "embed_norm")
 # A checkpoint saved before the architecture options existed holds the model they all default away from
-# now: the classic Llama (configs/classic.json). Loading fills those keys in, so it is read as what it is;
-# an option added later (x0_skips, value_embeds) is likewise off in every checkpoint saved before it.
+# now: the classic Llama (configs/classic.json). Loading fills those keys in, so it is read as what it is.
 ARCHITECTURE_BEFORE_OPTIONS = {"mlp": "swiglu", "qk_norm": False, "tie_embeddings": True, "logit_softcap": None,
-                               "zero_init": False, "norm_gains": True, "embed_norm": False,
-                               "x0_skips": False, "value_embeds": False}
+                               "zero_init": False, "norm_gains": True, "embed_norm": False}
 
 
 class CheckpointError(ValueError):

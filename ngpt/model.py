@@ -1,8 +1,7 @@
 """The transformer: a small Llama-style decoder, readable top to bottom.
 
 token embedding (→ RMSNorm) → L pre-norm blocks (RMSNorm → causal self-attention with RoPE, optionally
-QK-norm and a gated value embedding; RMSNorm → SwiGLU or ReLU² MLP), each optionally reading a learned
-mix of its input and the embedding (x0 skips) → final RMSNorm → LM head, tied to the embedding or its own
+QK-norm; RMSNorm → SwiGLU or ReLU² MLP) → final RMSNorm → LM head, tied to the embedding or its own
 (→ optional logit soft-cap). No biases. Every choice that matters numerically (RoPE half-split
 layout, RMSNorm in fp32, SwiGLU) is Hugging Face Llama's, so the export (ngpt.export.hf) is a rename
 of tensors into Llama, Qwen3 (QK-norm) or Arcee (ReLU²), no permutation. Each option (ModelSettings)
@@ -33,15 +32,6 @@ from ngpt.kernels.attention import attention
 from ngpt.kernels.lm_loss import cross_entropy, lm_loss, softcap
 from ngpt.kernels.onednn import Linear
 from ngpt.settings import ModelSettings
-
-# Value embeddings (model.value_embeds, after nanochat): a head's gate reads the first few channels of the
-# block's normalised input, gate = VE_GATE_MAX·sigmoid(·) ∈ (0, 3), 1.5 at a zero input.
-VE_GATE_CHANNELS = 12
-VE_GATE_MAX = 3.0
-# x0 skips (model.x0_skips), nanochat's initialisation: layer i of L keeps λ of its input and adds μ of x0,
-# λ from 1.15 down to 1.05 and μ from 0.20 down to 0.05, so early layers lean on the embedding more.
-X0_RESID_INIT = (1.15, 1.05)
-X0_SKIP_INIT = (0.20, 0.05)
 
 
 class KVCache(Protocol):
@@ -102,11 +92,6 @@ class RMSNorm(nn.Module):
         return x32.to(x.dtype) if w is None else w * x32.to(x.dtype)
 
 
-def has_value_embed(cfg: ModelSettings, layer_idx: int) -> bool:
-    """With model.value_embeds: every other layer, counted back from the last (which always has one)."""
-    return cfg.value_embeds and layer_idx % 2 == (cfg.n_layer - 1) % 2
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelSettings, layer_idx: int) -> None:
         super().__init__()
@@ -120,21 +105,13 @@ class CausalSelfAttention(nn.Module):
         # QK-norm bounds every attention logit by √D·|gains|², whatever the weights grow to: stable at high lr.
         self.q_norm = RMSNorm(self.head_dim, cfg.norm_eps, cfg.norm_gains) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, cfg.norm_eps, cfg.norm_gains) if cfg.qk_norm else None
-        # ResFormer's value residual: how much of the token's own value embedding each head mixes into v.
-        self.ve_gate = Linear(min(VE_GATE_CHANNELS, C), self.n_head, bias=False) if has_value_embed(cfg, layer_idx) else None
 
     def linear_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return self.q(x), self.k(x), self.v(x)
 
-    def project(self, x: Tensor, ve: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, T, C) → q, k, v (B, n_head, T, head_dim), before RoPE: heads become a batch dimension.
-
-        ve (B, T, C): this layer's value embedding of the tokens, added to v through a per-head gate.
-        """
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, C) → q, k, v (B, n_head, T, head_dim), before RoPE: heads become a batch dimension."""
         q, k, v = (self.split_heads(t) for t in self.linear_qkv(x))
-        if ve is not None:
-            gate = VE_GATE_MAX * torch.sigmoid(self.ve_gate(x[..., : self.ve_gate.in_features]))  # (B, T, H)
-            v = v + gate.transpose(1, 2).unsqueeze(-1).to(v.dtype) * self.split_heads(ve.to(v.dtype))
         if self.q_norm is not None:  # a gain in fp32 would promote bf16 q, k to fp32 under autocast: keep v's dtype
             q, k = self.q_norm(q).to(v.dtype), self.k_norm(k).to(v.dtype)
         return q, k, v
@@ -144,11 +121,10 @@ class CausalSelfAttention(nn.Module):
         return t.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None, doc_ids: Tensor | None = None,
-        ve: Tensor | None = None,
+        self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None, doc_ids: Tensor | None = None
     ) -> Tensor:
         B, T, C = x.shape
-        q, k, v = self.project(x, ve)
+        q, k, v = self.project(x)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)
@@ -192,10 +168,9 @@ class Block(nn.Module):
         self.dropout = cfg.dropout
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None, doc_ids: Tensor | None = None,
-        ve: Tensor | None = None,
+        self, x: Tensor, cos: Tensor, sin: Tensor, kv_cache: KVCache | None = None, doc_ids: Tensor | None = None
     ) -> Tensor:
-        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, kv_cache, doc_ids, ve))
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, kv_cache, doc_ids))
         x = x + self.drop(self.mlp(self.mlp_norm(x)))
         return x
 
@@ -217,16 +192,6 @@ class GPT(nn.Module):
         # Normalising the embedding makes its scale (and so its init and lr) irrelevant to the blocks.
         self.emb_norm = RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.norm_gains) if cfg.embed_norm else None
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
-        # Extra V×C tables read by token id, one per layer that has a value embedding (a lookup, no matmul).
-        self.value_embeds = nn.ModuleDict(
-            {str(i): nn.Embedding(cfg.vocab_size, cfg.n_embd) for i in range(cfg.n_layer) if has_value_embed(cfg, i)})
-        if cfg.x0_skips:
-            # Each block reads λᵢ·x + μᵢ·x0: the embedding stays one learned step away from every layer.
-            depth = torch.linspace(0, 1, cfg.n_layer)
-            self.resid_lambdas = nn.Parameter(X0_RESID_INIT[0] + (X0_RESID_INIT[1] - X0_RESID_INIT[0]) * depth)
-            self.x0_lambdas = nn.Parameter(X0_SKIP_INIT[0] + (X0_SKIP_INIT[1] - X0_SKIP_INIT[0]) * depth)
-        else:
-            self.resid_lambdas = self.x0_lambdas = None
         self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.norm_gains)
         self.lm_head = Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
@@ -282,15 +247,11 @@ class GPT(nn.Module):
             x = self.emb_norm(x)
         # A cache must see each update once, so recomputation (checkpointing) is for training only.
         recompute = self.activation_checkpointing and kv_cache is None and torch.is_grad_enabled()
-        x0 = x
-        for i, block in enumerate(self.blocks):
-            if self.x0_lambdas is not None:
-                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
-            ve = self.value_embeds[str(i)](idx) if str(i) in self.value_embeds else None
+        for block in self.blocks:
             if recompute:
-                x = checkpoint(block, x, cos, sin, None, doc_ids, ve, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, None, doc_ids, use_reentrant=False)
             else:
-                x = block(x, cos, sin, kv_cache, doc_ids, ve)
+                x = block(x, cos, sin, kv_cache, doc_ids)
         x = self.norm(x)
         cap = self.cfg.logit_softcap
         if logits == "none":
@@ -318,22 +279,21 @@ class GPT(nn.Module):
             raise ValueError("doc_ids are for whole packed rows (training), not for KV-cache generation")
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters counted once (a tied head is the embedding); non_embedding drops the V×C tables read by lookup."""
+        """Parameters counted once (a tied head is the embedding); non_embedding drops the V×C table."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n -= self.tok_emb.weight.numel() + sum(p.numel() for p in self.value_embeds.parameters())
+            n -= self.tok_emb.weight.numel()
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward), the PaLM/nanoGPT estimate used for MFU.
 
-        6N for the weight matmuls (N includes the head, once; an untied embedding's lookup is free, and so
-        are value embeddings'),
+        6N for the weight matmuls (N includes the head, once; an untied embedding's lookup is free),
         plus 12·L·C·T for attention scores and weighted sums at context T (counted as if unmasked,
         by the same convention).
         """
         T = self.cfg.seq_len if seq_len is None else seq_len
-        matmul_params = self.num_params(non_embedding=True) + (self.tok_emb.weight.numel() if self.cfg.tie_embeddings else 0)
+        matmul_params = self.num_params(non_embedding=not self.cfg.tie_embeddings)
         return 6 * matmul_params + 12 * self.cfg.n_layer * self.cfg.n_embd * T
 
 

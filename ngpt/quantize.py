@@ -69,7 +69,6 @@ class Int8Attention(CausalSelfAttention):
         nn.Module.__init__(self)
         self.layer_idx, self.n_head, self.head_dim = attn.layer_idx, attn.n_head, attn.head_dim
         self.q_norm, self.k_norm = attn.q_norm, attn.k_norm  # fp32, as every norm
-        self.ve_gate = attn.ve_gate  # H×12 weights: fp32, as the norms
         self.qkv = Int8Linear(torch.cat([attn.q.weight, attn.k.weight, attn.v.weight]))
         self.o = Int8Linear(attn.o.weight)
 

@@ -78,9 +78,7 @@ class ModelSettings(_Section):
     norm_gains: bool = Field(False, description="RMSNorms carry a learned gain; false = parameter-free norms.")
     embed_norm: bool = Field(True, description="RMSNorm the token embedding before the first block.")
     init_std: float | None = Field(0.02, gt=0, description="Std of the initial weights (output projections: ÷√(2L)); None = 1/√n_embd (nanochat's width rule).")
-    embed_init_std: float | None = Field(None, gt=0, description="Std of the initial token and value embeddings; None = init_std's.")
-    x0_skips: bool = Field(False, description="Before each block x ← λ·x + μ·x0 (x0: the block stack's input), λ, μ learned per layer (modded-nanogpt, nanochat).")
-    value_embeds: bool = Field(False, description="Every other layer, ending at the last, adds a gated per-token value embedding to v (ResFormer; nanochat).")
+    embed_init_std: float | None = Field(None, gt=0, description="Std of the initial token embedding; None = init_std's.")
 
     @property
     def head_dim(self) -> int:

@@ -394,8 +394,7 @@ def test_cli_export_gguf(chat, tmp_path):
 
 
 @pytest.mark.parametrize("opts, needle", [({"logit_softcap": 15.0}, "model.logit_softcap=15"),
-                                          ({"qk_norm": True, "mlp": "relu2"}, "model.qk_norm with model.mlp=relu2"),
-                                          ({"value_embeds": True}, "model.value_embeds")])
+                                          ({"qk_norm": True, "mlp": "relu2"}, "model.qk_norm with model.mlp=relu2")])
 def test_an_option_llama_cpp_cannot_express_is_refused_by_name(opts, needle, tmp_path, tiny_tokenizer):
     cfg = ModelSettings(vocab_size=tiny_tokenizer.vocab_size, seq_len=16, n_embd=32, n_layer=1, n_head=4, **opts)
     ckpt = save_tiny(tmp_path / "c.pt", GPT(cfg), tiny_tokenizer)

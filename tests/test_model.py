@@ -92,15 +92,14 @@ def test_init_scales():
     assert all("bias" not in name for name, _ in model.named_parameters())
 
 
-def test_init_std_follows_the_width_rule_and_embed_init_std_sets_every_table():
+def test_init_std_follows_the_width_rule_and_embed_init_std_sets_the_table():
     model = tiny_model(n_embd=256, n_layer=8, n_head=4, vocab_size=4096, init_std=None, embed_init_std=0.8,
-                       value_embeds=True, tie_embeddings=False)
+                       tie_embeddings=False)
     width = 256 ** -0.5
     assert model.blocks[0].attn.q.weight.std().item() == pytest.approx(width, rel=0.05)
     assert model.blocks[3].mlp.down.weight.std().item() == pytest.approx(width / math.sqrt(2 * 8), rel=0.05)
     assert model.lm_head.weight.std().item() == pytest.approx(width, rel=0.05)
-    for table in (model.tok_emb, *model.value_embeds.values()):
-        assert table.weight.std().item() == pytest.approx(0.8, rel=0.05)
+    assert model.tok_emb.weight.std().item() == pytest.approx(0.8, rel=0.05)
 
 
 def complex_rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
@@ -178,9 +177,8 @@ def test_positions_beyond_seq_len_are_a_clear_error():
         model(random_idx(1, 4), start_pos=14)
 
 
-@pytest.mark.parametrize("options", [{}, {"x0_skips": True, "value_embeds": True}])
-def test_activation_checkpointing_gives_same_loss_and_grads(options):
-    model = tiny_model(dropout=0.1, **options).train()  # dropout on: checkpointing must replay the same masks
+def test_activation_checkpointing_gives_same_loss_and_grads():
+    model = tiny_model(dropout=0.1).train()  # dropout on: checkpointing must replay the same masks
     idx, targets = random_idx(2, 16), random_idx(2, 16, seed=4)
 
     def loss_and_grads() -> tuple[float, dict[str, torch.Tensor]]:

@@ -37,17 +37,12 @@ OPTIONS = {
     "embed_norm": {"embed_norm": True},
     "modern": {"qk_norm": True, "tie_embeddings": False, "zero_init": True, "norm_gains": False, "embed_norm": True},
     "modern_relu2": {"mlp": "relu2", "tie_embeddings": False, "zero_init": True, "norm_gains": False, "embed_norm": True},
-    "x0_skips": {"x0_skips": True},
-    "value_embeds": {"value_embeds": True},
-    "x0_value_embeds_recipe": {"mlp": "relu2", "tie_embeddings": False, "zero_init": True, "norm_gains": False,
-                               "embed_norm": True, "x0_skips": True, "value_embeds": True},
 }
-REFUSED = {"softcap": "logit_softcap", "qk_norm_relu2": "qk_norm with model.mlp=relu2", "x0_skips": "x0_skips",
-           "value_embeds": "value_embeds", "x0_value_embeds_recipe": "x0_skips"}
+REFUSED = {"softcap": "logit_softcap", "qk_norm_relu2": "qk_norm with model.mlp=relu2"}
 
 
 def cfg_of(**opts) -> ModelSettings:
-    return ModelSettings(**{"vocab_size": V, "seq_len": 48, "n_embd": 32, "n_layer": 2, "n_head": 4, **CLASSIC, **opts})
+    return ModelSettings(vocab_size=V, seq_len=48, n_embd=32, n_layer=2, n_head=4, **{**CLASSIC, **opts})
 
 
 def trained(cfg: ModelSettings, steps: int = 3) -> GPT:
@@ -115,49 +110,10 @@ def test_option_exports_to_transformers_with_equal_logits(name):
 
 
 @pytest.mark.parametrize("opts, needle", [({"logit_softcap": 15.0}, "model.logit_softcap=15"),
-                                          ({"qk_norm": True, "mlp": "relu2"}, "model.qk_norm with model.mlp=relu2"),
-                                          ({"x0_skips": True}, "model.x0_skips"),
-                                          ({"value_embeds": True}, "model.value_embeds")])
+                                          ({"qk_norm": True, "mlp": "relu2"}, "model.qk_norm with model.mlp=relu2")])
 def test_an_option_transformers_cannot_express_is_refused_by_name(opts, needle):
     with pytest.raises(ExportError, match=needle):
         hf_config(cfg_of(**opts), None, "float32")
-
-
-def logits_of(model: GPT, idx: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(idx)[0]
-
-
-def test_x0_skips_at_lambda_one_and_mu_zero_are_the_plain_model():
-    plain = trained(cfg_of(n_layer=3))
-    skips = GPT(cfg_of(n_layer=3, x0_skips=True)).eval()
-    missing, unexpected = skips.load_state_dict(plain.state_dict(), strict=False)
-    assert sorted(missing) == ["resid_lambdas", "x0_lambdas"] and unexpected == []
-    idx = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(5))
-    assert not torch.allclose(logits_of(skips, idx), logits_of(plain, idx))  # the initial λ, μ do mix x0 in
-    assert skips.resid_lambdas[0] > skips.resid_lambdas[-1] and skips.x0_lambdas[0] > skips.x0_lambdas[-1]
-    with torch.no_grad():
-        skips.resid_lambdas.fill_(1.0)
-        skips.x0_lambdas.zero_()
-    torch.testing.assert_close(logits_of(skips, idx), logits_of(plain, idx))
-
-
-def test_value_embeddings_sit_on_every_other_layer_ending_at_the_last_and_zero_tables_change_nothing():
-    plain = trained(cfg_of(n_layer=3))
-    ve = GPT(cfg_of(n_layer=3, value_embeds=True)).eval()
-    assert sorted(ve.value_embeds) == ["0", "2"]
-    assert [b.attn.ve_gate is not None for b in ve.blocks] == [True, False, True]
-    assert sorted(GPT(cfg_of(n_layer=2, value_embeds=True)).value_embeds) == ["1"]
-    ve.load_state_dict(plain.state_dict(), strict=False)
-    idx = torch.randint(0, V, (2, 20), generator=torch.Generator().manual_seed(6))
-    assert not torch.allclose(logits_of(ve, idx), logits_of(plain, idx))
-    with torch.no_grad():
-        for table in ve.value_embeds.values():
-            table.weight.zero_()
-    torch.testing.assert_close(logits_of(ve, idx), logits_of(plain, idx))
-    # A lookup, not a matmul: the FLOP count is the plain model's plus the gates' few weights.
-    assert ve.flops_per_token() - plain.flops_per_token() == 6 * sum(b.attn.ve_gate.weight.numel() for b in ve.blocks
-                                                                     if b.attn.ve_gate is not None)
 
 
 def test_softcapped_fused_loss_equals_the_plain_one_in_value_and_gradient():

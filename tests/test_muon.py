@@ -178,16 +178,6 @@ def test_groups_give_muon_the_matrices_and_adamw_the_rest():
     assert adam["scalars"]["weight_decay"] == 0.0 and all(p.dim() == 1 for p in adam["scalars"]["params"])
 
 
-def test_value_embeddings_are_adamw_tables_and_the_x0_lambdas_scalars():
-    model = GPT(MODEL.model_copy(update={"tie_embeddings": False, "value_embeds": True, "x0_skips": True}))
-    groups = parameter_groups(model)
-    tables = [model.tok_emb.weight, *(t.weight for t in model.value_embeds.values())]
-    assert len(tables) > 1 and {id(p) for p in groups["embedding"]} == {id(p) for p in tables}
-    assert {id(model.resid_lambdas), id(model.x0_lambdas)} <= {id(p) for p in groups["scalars"]}
-    gates = [b.attn.ve_gate.weight for b in model.blocks if b.attn.ve_gate is not None]
-    assert gates and {id(p) for p in gates} <= {id(p) for p in groups["matrices"]}  # 2-D hidden weights: Muon's
-
-
 @pytest.mark.parametrize("optimizer", ["muon", "adamw"])
 def test_each_group_takes_its_own_weight_decay(optimizer):
     """weight_decay for the matrices, embed_/head_weight_decay for the tables (None: weight_decay's), never the gains."""

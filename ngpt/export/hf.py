@@ -98,10 +98,6 @@ def hf_model_type(cfg: ModelSettings, target: str = "transformers") -> str:
     refused = []
     if cfg.logit_softcap is not None:
         refused.append(f"model.logit_softcap={cfg.logit_softcap:g}: no Llama, Qwen3 or Arcee config caps the logits")
-    if cfg.x0_skips:
-        refused.append("model.x0_skips: no Llama, Qwen3 or Arcee block mixes the embedding back into its input")
-    if cfg.value_embeds:
-        refused.append("model.value_embeds: no Llama, Qwen3 or Arcee attention adds a value embedding")
     if cfg.qk_norm and cfg.mlp == "relu2":
         refused.append("model.qk_norm with model.mlp=relu2: Qwen3 has QK-norm but a SwiGLU MLP, Arcee ReLU² but no QK-norm")
     if refused:

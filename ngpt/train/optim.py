@@ -34,13 +34,11 @@ def parameter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     # ngpt's GPT, or a transformers model of the same shapes (the speed benchmark's comparison)
     embedding = model.tok_emb.weight if hasattr(model, "tok_emb") else model.get_input_embeddings().weight
     head = model.lm_head.weight
-    # Value embeddings are tables read by token id, like the embedding: AdamW with its lr, never Muon.
-    tables = {id(p) for p in model.value_embeds.parameters()} if hasattr(model, "value_embeds") else set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        if p is embedding or id(p) in tables:
+        if p is embedding:
             groups["embedding"].append(p)
         elif p is head:
             groups["head"].append(p)

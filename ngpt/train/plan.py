@@ -93,10 +93,6 @@ def architecture_label(m) -> str:
         parts.append("norms without gains")
     if m.embed_norm:
         parts.append("embedding norm")
-    if m.x0_skips:
-        parts.append("x0 skips")
-    if m.value_embeds:
-        parts.append("value embeddings")
     return " · ".join(parts)
 
 
