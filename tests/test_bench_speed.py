@@ -258,5 +258,12 @@ def test_against_times_another_configs_recipe_at_the_same_dims(tmp_path):
     assert against["tokens_per_s"] > 0
     assert record["against_ratio"] == pytest.approx(record["ours"]["tokens_per_s"] / against["tokens_per_s"], rel=1e-3)
     assert "against" in result.stdout and "transformers" not in record  # the plan table names it
+    # The run's own --config lies under the --against file: a key only the run's config sets reaches both models.
+    own, options_only = tmp_path / "own.json", tmp_path / "options.json"
+    own.write_text(json.dumps({"pretrain": {"optimizer": "adamw"}}))
+    options_only.write_text(json.dumps({"model": classic_model()}))
+    _, layered = run_speed("--config", str(own), "--against", str(options_only))
+    assert layered["config"]["optimizer"] == layered["against"]["optimizer"] == "adamw"
+    assert layered["against"]["params"] == tied_swiglu
     bad = CliRunner().invoke(app, ["speed", "--decode", *TINY, "--against", str(classic)])
     assert bad.exit_code == 2 and "--against only apply to --train" in bad.output

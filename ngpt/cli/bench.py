@@ -27,7 +27,7 @@ from ngpt.cli.common import CkptOpt, ConfigOpt, PrintConfigOpt, ThreadsOpt, Weig
 from ngpt.cli.learn import learn as learn_cmd
 from ngpt.cli.sweep import sweep as sweep_cmd
 from ngpt.console import console, error_panel, kv_table, table
-from ngpt.settings import AmpChoice, AmpDtypeChoice, OptimizerChoice, SpeedCompare, WeightFormat
+from ngpt.settings import AmpChoice, AmpDtypeChoice, OptimizerChoice, SpeedCompare, WeightFormat, read_config_file
 
 if TYPE_CHECKING:
     from ngpt.bench.speed import DecodePlan, DecodeSpeedReport, SpeedPlan, TrainSpeedReport
@@ -141,9 +141,10 @@ def speed(
 
         recipe = None
         if against is not None:
-            # The same flags on top of the other config, so only what that file sets differs (its dims are overridden
-            # by this run's: a recipe is compared at one shape).
-            other = resolve_settings(against, None, overrides, False)
+            # This run's --config under the other file and the same flags on top, so only what that file sets
+            # differs; its dims are then this run's, since a recipe is compared at one shape.
+            under = None if config is None else (str(config), read_config_file(config))
+            other = resolve_settings(against, None, overrides, False, base=under)
             dims = {k: getattr(s.model, k) for k in ("vocab_size", "seq_len", "n_embd", "n_layer", "n_head", "d_ff")}
             recipe = Recipe(str(against), other.model.model_copy(update=dims), other.pretrain)
         plan = SpeedPlan(
