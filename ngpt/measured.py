@@ -11,6 +11,9 @@ so each CPU "auto" below times its candidates once, side by side, and remembers 
     cpu_training_autocast()   # what train.amp=auto means on this CPU
     cpu_decode_weights()      # what chat/serve --precision auto stores the weights as
 
+`recall(question)` / `remember(question, entry)` keep other measurements of the machine at hand the
+same way (what compiling a model cost here and gained: ngpt.train.compile_policy).
+
 Cache: $NGPT_MEASURED_CACHE, else $XDG_CACHE_HOME/ngpt/measured.json (~/.cache/...), one entry per
 question and machine (CPU name, threads, torch version) with the times; an unreadable file is
 measured again and rewritten (atomically). Re-measure: delete the file. Under torch.distributed every
@@ -77,32 +80,43 @@ def median_ms(fn: Callable[[], object], repeats: int = REPEATS) -> float:
     return statistics.median(times)
 
 
+def recall(question: str) -> dict | None:
+    """What was measured here for this question (one entry per question and machine), or None."""
+    entry = _read_cache(cache_path()).get(f"{question} @ {machine_key()}")
+    return entry if isinstance(entry, dict) else None
+
+
+def remember(question: str, entry: dict) -> None:
+    """Keep a measurement of this machine's for the next run (atomically; a read-only home keeps nothing)."""
+    path = cache_path()
+    cache = _read_cache(path)  # re-read: another process may have added its own answers meanwhile
+    cache[f"{question} @ {machine_key()}"] = entry
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
+    except OSError:
+        pass  # the run still gets the measured answer, just not remembered
+
+
 def fastest(question: str, candidates: dict[str, Callable[[], object]]) -> Choice:
     """The candidate that ran fastest here, measured once per machine and remembered (see the module docstring)."""
-    path, key = cache_path(), f"{question} @ {machine_key()}"
-    entry = _read_cache(path).get(key)
-    if isinstance(entry, dict) and entry.get("choice") in candidates and isinstance(entry.get("ms"), dict):
+    entry = recall(question)
+    if entry is not None and entry.get("choice") in candidates and isinstance(entry.get("ms"), dict):
         choice = Choice(entry["choice"], {n: float(v) for n, v in entry["ms"].items()})
     else:
         ms = {name: median_ms(fn) for name, fn in candidates.items()}
         choice = Choice(min(ms, key=ms.get), ms)
-        cache = _read_cache(path)  # re-read: another process may have added its own answers meanwhile
-        cache[key] = {"choice": choice.name, "ms": {n: round(v, 3) for n, v in ms.items()}}
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
-        except OSError:
-            pass  # a read-only home still gets the measured answer, just not remembered
-    return _agreed(choice)
+        remember(question, {"choice": choice.name, "ms": {n: round(v, 3) for n, v in ms.items()}})
+    return agreed(choice)
 
 
-def _agreed(choice: Choice) -> Choice:
-    """Rank 0's choice on every rank of a torch.distributed run (close timings may differ per rank)."""
+def agreed(value):
+    """Rank 0's answer on every rank of a torch.distributed run (close timings may differ per rank)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
-        return choice
-    box = [choice]
+        return value
+    box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
 

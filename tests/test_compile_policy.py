@@ -9,9 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ngpt.measured import remember
 from ngpt.settings import TrainSettings
 from ngpt.train import compile_policy
-from ngpt.train.compile_policy import CHECK_STEPS, PROBE_STEPS, WARMUP_STEPS, CompilePolicy
+from ngpt.train.compile_policy import (CHECK_STEPS, PROBE_STEPS, WARMUP_STEPS, CompilePolicy, CompileRecord,
+                                      compile_signature, load_record, save_record)
 from ngpt.train.schedule import seconds_left
 
 PROBE = WARMUP_STEPS + PROBE_STEPS
@@ -44,6 +46,65 @@ def test_compiled_steps_that_are_not_faster_go_back_to_eager():
         policy.observe(0.1, lambda step_s: 3600.0)
     actions = [policy.observe(t, lambda step_s: 3600.0) for t in [30.0] + [0.098] * CHECK_STEPS]
     assert actions[-1] == "eager" and not policy.watching and policy.outcome.startswith("back to eager")
+
+
+def _probe(policy, left):
+    return [policy.observe(0.1, lambda step_s: left) for _ in range(PROBE)][-1]
+
+
+def test_a_record_of_a_cheap_compile_here_makes_a_short_run_compile(tmp_path):
+    warm = CompileRecord(compile_s=9.0, speedup=1.4, inductor_cache=str(tmp_path))
+    policy = CompilePolicy(warm)
+    assert _probe(policy, 110.0) == "compile"  # saves 110·(1 − 1/1.4) = 31 s ≥ 2 × 9 s
+    assert "here it took 9 s last time and ran 1.40× faster" in policy.outcome
+    cold = CompileRecord(compile_s=37.0, speedup=1.4, inductor_cache=str(tmp_path))
+    policy = CompilePolicy(cold)
+    assert _probe(policy, 110.0) is None and not policy.watching
+    assert "compiling took 37 s here last time and ran 1.40× faster, so it would save 31 s" in policy.outcome
+    assert _probe(CompilePolicy(cold), 300.0) == "compile"  # 86 s ≥ 74 s: a cold compile pays in 5 minutes
+    no_gain = CompileRecord(compile_s=5.0, speedup=0.9, inductor_cache=str(tmp_path))
+    assert _probe(CompilePolicy(no_gain), 10**6) is None  # slower when compiled here: never again
+
+
+def test_a_compile_that_failed_here_is_not_tried_again():
+    failed = CompileRecord(compile_s=None, speedup=1.0, inductor_cache="", error="InvalidCxxCompiler: no g++")
+    policy = CompilePolicy(failed)
+    assert _probe(policy, 10**6) is None
+    assert "torch.compile failed here before (InvalidCxxCompiler: no g++); delete" in policy.outcome
+
+
+def test_a_settled_policy_gives_its_measurement_once():
+    policy = CompilePolicy()
+    assert _probe(policy, 3600.0) == "compile" and policy.take_measured() is None
+    for t in [12.1] + [0.08] * CHECK_STEPS:
+        policy.observe(t, lambda step_s: 3600.0)
+    record = policy.take_measured()
+    assert record.compile_s == pytest.approx(12.0) and record.speedup == 1.25 and record.error is None
+    assert policy.take_measured() is None
+    failed = CompilePolicy()
+    _probe(failed, 3600.0)
+    failed.compile_failed(RuntimeError("no compiler\nsecond line"))
+    assert failed.take_measured().error == "RuntimeError: no compiler"
+
+
+def test_records_round_trip_and_a_cold_inductor_cache_voids_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("NGPT_MEASURED_CACHE", str(tmp_path / "measured.json"))
+    cache = tmp_path / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    sig = compile_signature({"vocab_size": 64, "seq_len": 32, "n_embd": 16, "n_layer": 1}, 2, "fp32", "cpu", False)
+    assert sig != compile_signature({"vocab_size": 64, "seq_len": 32, "n_embd": 16, "n_layer": 1}, 4, "fp32", "cpu", False)
+    record = CompileRecord(compile_s=9.0, speedup=1.4, inductor_cache=str(cache))
+    save_record(sig, record)
+    assert load_record(sig) is None  # inductor holds no compiled graphs: the next compile is a cold one
+    (cache / "fxgraph" / "ab").mkdir(parents=True)
+    assert load_record(sig) == record
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "elsewhere"))
+    assert load_record(sig) is None
+    failed = CompileRecord(compile_s=None, speedup=1.0, inductor_cache=str(cache), error="x")
+    save_record(sig, failed)
+    assert load_record(sig) == failed  # a failure does not depend on the cache
+    remember(sig, {"compile_s": 1})
+    assert load_record(sig) is None  # another version's entry: measured again
 
 
 def test_seconds_left_is_the_budget_that_ends_first():

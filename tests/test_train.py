@@ -318,8 +318,10 @@ class CountingWrapper(torch.nn.Module):
         return self.model(*args, **kwargs)
 
 
-def _quick_compile_policy(monkeypatch):
+def _quick_compile_policy(monkeypatch, tmp_path):
     from ngpt.train import compile_policy
+
+    monkeypatch.setenv("NGPT_MEASURED_CACHE", str(tmp_path / "measured.json"))  # records: this test's own
 
     for name, value in {"WARMUP_STEPS": 1, "PROBE_STEPS": 2, "CHECK_STEPS": 2, "MIN_SECONDS_LEFT": 0.0}.items():
         monkeypatch.setattr(compile_policy, name, value)
@@ -332,7 +334,7 @@ def test_compile_auto_switches_mid_run_and_trains_as_eager_does(workspace, tmp_p
     way the losses are exactly an eager run's."""
     phase = {**PHASE, "total_steps": 8, "eval_every": 1000}
     eager = run_phase(settings_for(workspace, tmp_path / "eager", **phase, compile=False), "pretrain", show=False)
-    _quick_compile_policy(monkeypatch)
+    _quick_compile_policy(monkeypatch, tmp_path)
     from ngpt.train import compile_policy
 
     monkeypatch.setattr(compile_policy, "MIN_SPEEDUP", 0.0 if outcome == "kept" else math.inf)
@@ -357,6 +359,26 @@ def test_compile_auto_switches_mid_run_and_trains_as_eager_does(workspace, tmp_p
     said = {"kept": "auto: compiled: compiled steps", "not faster": "auto: back to eager: compiled steps",
             "fails": "auto: eager: torch.compile failed here (RuntimeError: InvalidCxxCompiler"}[outcome]
     assert said in (auto.run_dir / "report.md").read_text()
+
+
+def test_compile_auto_remembers_a_failed_compile_and_the_next_run_does_not_try(workspace, tmp_path, monkeypatch):
+    _quick_compile_policy(monkeypatch, tmp_path)
+    calls = []
+
+    def no_compiler(model, **kwargs):
+        calls.append(model)
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return broken
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    phase = {**PHASE, "total_steps": 6, "eval_every": 1000, "compile": "auto"}
+    run_phase(settings_for(workspace, tmp_path / "first", **phase), "pretrain", show=False)
+    again = run_phase(settings_for(workspace, tmp_path / "again", **phase), "pretrain", show=False)
+    assert len(calls) == 1  # the second run read the record and stayed eager
+    assert "torch.compile failed here before (RuntimeError: InvalidCxxCompiler" in (again.run_dir / "report.md").read_text()
+    assert _train_losses(tmp_path / "again" / "runs") == _train_losses(tmp_path / "first" / "runs")
 
 
 def test_max_tokens_stops_before_total_steps(workspace, tmp_path):

@@ -37,7 +37,7 @@ from ngpt.tokcache.reader import PretrainReader, SFTReader
 from ngpt.tokenizer import Tokenizer
 from ngpt.train import distributed
 from ngpt.train.checkpoint import CheckpointManager, checkpoint_state, resolve_resume, rng_state, set_rng_state
-from ngpt.train.compile_policy import CompilePolicy
+from ngpt.train.compile_policy import CompilePolicy, compile_signature, load_record, save_record
 from ngpt.train.evaluate import eval_losses
 from ngpt.train.muon import MuonWithAdamW
 from ngpt.train.optim import make_optimizer, scaled_lrs, set_group_lrs, set_muon_momentum
@@ -276,7 +276,11 @@ def fit(t: Trainer, show: bool = True) -> PhaseResult:
     last_metrics: dict = {}
     t_start = time.perf_counter() - t.elapsed_s
     progress = TrainProgress(cfg.total_steps, t.start_step, enabled=is_main and show)
-    policy = CompilePolicy() if cfg.compile == "auto" else None
+    policy = signature = None
+    if cfg.compile == "auto":
+        signature = compile_signature(t.settings.model.model_dump(), cfg.micro_batch, t.precision.label, t.device.type,
+                                      cfg.activation_checkpointing)
+        policy = CompilePolicy(load_record(signature))
     eager_model = t.train_model
     step = t.start_step
     t.train_model.train()
@@ -325,6 +329,8 @@ def fit(t: Trainer, show: bool = True) -> PhaseResult:
                     t.train_model = eager_model
                 if not policy.watching or action == "compile":
                     progress.note(f"compile auto: {policy.outcome}")
+            if policy is not None and (record := policy.take_measured()) is not None and is_main:
+                save_record(signature, record)  # what the next run of this model on this machine decides with
             out_of_budget = (cfg.max_tokens is not None and t.tokens_seen >= cfg.max_tokens) or (
                 max_time is not None and t.elapsed_s >= max_time
             )
