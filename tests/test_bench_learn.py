@@ -79,3 +79,35 @@ def test_values_that_are_json_lists_keep_their_commas():
     assert parse_assignment('data.mix_pretrain={"wikitext":0.5,"gutenberg":0.5},"a,b"', "--ablate") == (
         "data.mix_pretrain", [{"wikitext": 0.5, "gutenberg": 0.5}, "a,b"])
     assert parse_assignment("pretrain.muon_lr=0.03,0.06", "--ablate") == ("pretrain.muon_lr", [0.03, 0.06])
+
+
+def test_sft_runs_start_from_the_checkpoint_and_score_every_val_example(config, tmp_path, capsys):
+    assert ngpt_cli("bench", "learn", "-c", config, *BUDGET, "--out", tmp_path / "pre") == 0
+    pretrained = tmp_path / "pre" / "baseline" / "checkpoints" / "pretrain" / "latest.pt"
+    capsys.readouterr()
+    code = ngpt_cli("bench", "learn", "-c", config, "--phase", "sft", "--init-from", pretrained, "--max-tokens", "320",
+                    "--out", tmp_path / "sft", "--ablate", "sft.optimizer=muon,adamw")
+    out = capsys.readouterr().out
+    assert code == 0, out
+    record = last_json(out)
+    assert record["phase"] == "sft" and record["settings"]["sft"]["max_tokens"] == 320
+    runs = {r["name"]: r for r in record["runs"]}
+    assert runs["baseline"]["steps"] == 5 and math.isfinite(runs["baseline"]["val_bpb"])
+    assert runs['sft.optimizer="muon"']["val_bpb"] == runs["baseline"]["val_bpb"]  # the config's own: the same run
+    assert runs['sft.optimizer="adamw"']["val_bpb"] != runs["baseline"]["val_bpb"]
+    # The score: every labelled token of every val example of the three SFT sources, once.
+    from ngpt.bench.learn import sft_val_examples
+    from ngpt.settings import IGNORE_INDEX, load_settings
+    from ngpt.tokenizer import Tokenizer
+
+    settings = load_settings(config)
+    labelled = sum(int((labels[1 : TINY_MODEL["seq_len"] + 1] != IGNORE_INDEX).sum())
+                   for _, labels in sft_val_examples(settings, Tokenizer(settings.tokenizer.model_path)))
+    assert runs["baseline"]["val_tokens"] == labelled > 0
+    assert (tmp_path / "sft" / "baseline" / "checkpoints" / "sft" / "latest.pt").is_file()
+
+
+def test_sft_without_a_checkpoint_is_refused_before_training(config, tmp_path, capsys):
+    assert ngpt_cli("bench", "learn", "-c", config, "--phase", "sft", *BUDGET, "--out", tmp_path) != 0
+    captured = capsys.readouterr()
+    assert "--init-from" in captured.out + captured.err and not any(tmp_path.iterdir())

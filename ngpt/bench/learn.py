@@ -2,6 +2,7 @@
 
     ngpt bench learn -c configs/shakespeare.json --max-time 110s
     ngpt bench learn -c configs/shakespeare.json --max-time 110s --ablate pretrain.optimizer=adamw,muon
+    ngpt bench learn -c configs/chat.json --phase sft --init-from ckpt.pt --max-time 60s --ablate sft.lr=1e-4,3e-4
 
     result = run_learn(settings, Path("bench/learn/baseline"))            # one run, in this process
     rows = run_ablation(LearnPlan(...))                                   # baseline + variants, fresh processes
@@ -11,6 +12,11 @@ checkpoints stay untouched), no evaluation until the budget ends, then bits per 
 val split of data.val_pretrain_source (ngpt.eval.bpb: non-overlapping windows, every target once,
 fp32). An ablation runs the baseline and each `KEY=VALUE` variant in a fresh process with the same
 seed and budget, so every run starts from the same state, and compares their bits/byte.
+
+`phase="sft"` fine-tunes the checkpoint given as init_from (`ngpt train sft --init-from`) under the
+sft section's settings and budget, and scores every example of the val splits of data.mix_sft's
+sources once, each alone in its row: bits per byte and loss per token over the assistant tokens SFT
+trains on (ngpt.eval.bpb.examples_bpb).
 """
 
 from __future__ import annotations
@@ -30,13 +36,22 @@ NO_EVAL = 10**9  # eval_every / ckpt_every for a budget run: evaluate and save o
 STEPS_UNBOUNDED = 10**9  # total_steps when a time or token budget is what ends the run
 
 
-def budget_overrides(max_time: str | None, max_tokens: int | None) -> dict:
-    """The pretrain settings a budget run adds: the budget, and nothing else that stops or evaluates early."""
+PHASES = ("pretrain", "sft")
+
+
+def budget_overrides(max_time: str | None, max_tokens: int | None, phase: str = "pretrain") -> dict:
+    """The phase's settings a budget run adds: the budget, and nothing else that stops or evaluates early."""
     # eval_batches 1: the loop still evaluates at step 0 and at the end; the score is the whole-split one below
-    phase: dict = {"eval_every": NO_EVAL, "ckpt_every": NO_EVAL, "keep_last": 1, "eval_batches": 1}
+    keys: dict = {"eval_every": NO_EVAL, "ckpt_every": NO_EVAL, "keep_last": 1, "eval_batches": 1}
     if max_time is not None or max_tokens is not None:
-        phase |= {"total_steps": STEPS_UNBOUNDED, "max_time": max_time, "max_tokens": max_tokens}
-    return {"pretrain": phase}
+        keys |= {"total_steps": STEPS_UNBOUNDED, "max_time": max_time, "max_tokens": max_tokens}
+    return {phase_key(phase): keys}
+
+
+def phase_key(phase: str) -> str:
+    if phase not in PHASES:
+        raise SettingsError(f"--phase {phase!r}: choose one of {', '.join(PHASES)}")
+    return phase
 
 
 def parse_assignment(text: str, flag: str) -> tuple[str, list]:
@@ -112,18 +127,31 @@ def val_stream(settings: Settings, tok) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([np.asarray(t, dtype=np.int64) for t in reader.tokens]))
 
 
+def sft_val_examples(settings: Settings, tok):
+    """Every example (ids, labels) of the val split of each data.mix_sft source, in order."""
+    from ngpt.tokcache.reader import SFTReader
+
+    for source in settings.data.mix_sft:
+        reader = SFTReader.open(settings.data.cache_dir, source, "val", tok)
+        yield from (reader.example(i) for i in range(reader.num_examples))
+
+
 def run_learn(settings: Settings, out_dir: Path, name: str = "baseline", overrides: dict | None = None,
-              show: bool = True) -> LearnResult:
+              show: bool = True, phase: str = "pretrain", init_from: Path | None = None) -> LearnResult:
     """Train `settings` (already holding the budget) with records under out_dir/name; score the whole val split."""
     from ngpt.checkpoint import load_for_inference
-    from ngpt.eval.bpb import stream_bpb
+    from ngpt.eval.bpb import examples_bpb, stream_bpb
     from ngpt.train.loop import run_phase
 
     where = out_dir / name
     settings = settings.model_copy(update={"checkpoints_dir": str(where / "checkpoints"), "runs_dir": str(where / "runs")})
-    result = run_phase(settings, "pretrain", no_resume=True, run_id=name, show=show)
+    result = run_phase(settings, phase_key(phase), no_resume=True, init_from=init_from, run_id=name, show=show)
     model, tok, state = load_for_inference(result.latest)
-    acc = stream_bpb(model, val_stream(settings, tok), torch.from_numpy(tok.token_byte_lengths()))
+    token_bytes = torch.from_numpy(tok.token_byte_lengths())
+    if phase == "sft":
+        acc = examples_bpb(model, sft_val_examples(settings, tok), token_bytes)
+    else:
+        acc = stream_bpb(model, val_stream(settings, tok), token_bytes)
     return LearnResult(name, overrides or {}, result.step, state["tokens_seen"], state.get("elapsed_s", 0.0),
                        acc.bpb, acc.loss, acc.tokens, model.num_params())
 
@@ -134,6 +162,8 @@ class LearnPlan:
     base_overrides: dict  # --source, --set and the budget, as CLI flags give them
     ablations: list[tuple[str, list]] = field(default_factory=list)
     out_dir: Path = Path("bench/learn")
+    phase: str = "pretrain"
+    init_from: Path | None = None  # the checkpoint an sft run starts from
 
 
 def variants(plan: LearnPlan) -> list[tuple[str, dict]]:
@@ -153,6 +183,7 @@ def run_in_subprocess(plan: LearnPlan, name: str, extra: dict) -> LearnResult:
            "--result-file", str(result_file)]
     if plan.config is not None:
         cmd += ["-c", str(plan.config)]
+    cmd += ["--phase", plan.phase] + (["--init-from", str(plan.init_from)] if plan.init_from is not None else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not result_file.is_file():
         tail = (proc.stderr or proc.stdout)[-2000:]

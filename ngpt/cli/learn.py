@@ -3,6 +3,7 @@
     ngpt bench learn -c configs/shakespeare.json --source wikitext=bench/shakespeare --max-time 110s
     ngpt bench learn -c configs/books.json --max-time 300s --ablate pretrain.optimizer=adamw,muon --ablate model.qk_norm=false
     ngpt bench learn -c configs/demo.json --max-tokens 2000000 --set pretrain.muon_lr=0.03
+    ngpt bench learn -c configs/chat.json --phase sft --init-from bench/chat/pretrain.pt --max-time 60s --ablate sft.lr=1e-4,3e-4
 
 Prints the plan, trains (one run; or with --ablate the baseline and every variant, each in a fresh
 process with the same seed and budget), then a table of val bits/byte against the baseline; the last
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -25,6 +26,9 @@ from ngpt.console import console, kv_table, table
 def learn(
     config: ConfigOpt = None,
     source: SourceOpt = None,
+    phase: Annotated[Literal["pretrain", "sft"], typer.Option("--phase", help="What to train: pretrain from scratch, or "
+                                                                "sft from --init-from (scored on the SFT val splits' assistant tokens).")] = "pretrain",
+    init_from: Annotated[Optional[Path], typer.Option("--init-from", help="--phase sft: the pretrained checkpoint every run starts from.")] = None,
     max_time: Annotated[Optional[str], typer.Option("--max-time", help=setting_help("pretrain.max_time"))] = None,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help=setting_help("pretrain.max_tokens"))] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE: override a settings key for every run "
@@ -43,7 +47,12 @@ def learn(
     from ngpt.io_utils import atomic_write_text
     from ngpt.settings import deep_merge, load_settings, parse_source_flags
 
-    base = deep_merge(parse_source_flags(source), budget_overrides(max_time, max_tokens))
+    if phase == "sft" and init_from is None:
+        raise typer.BadParameter("--phase sft fine-tunes a pretrained model: pass its checkpoint, e.g. "
+                                 "--init-from checkpoints/pretrain/best.pt", param_hint="--init-from")
+    if init_from is not None and not init_from.is_file():
+        raise typer.BadParameter(f"{init_from} is not a file", param_hint="--init-from")
+    base = deep_merge(parse_source_flags(source), budget_overrides(max_time, max_tokens, phase))
     for item in set_ or []:
         key, values = parse_assignment(item, "--set")
         if len(values) != 1:
@@ -51,7 +60,7 @@ def learn(
         base = deep_merge(base, nested(key, values[0]))
     if overrides_json:
         base = json.loads(overrides_json)
-    plan = LearnPlan(config, base, [parse_assignment(a, "--ablate") for a in ablate or []], out)
+    plan = LearnPlan(config, base, [parse_assignment(a, "--ablate") for a in ablate or []], out, phase, init_from)
     runs = variants(plan)
     # load_settings, not resolve_settings: a --set/--ablate value of null (e.g. model.logit_softcap=null) is a
     # setting, not an absent flag to prune. Every variant's settings load before any training starts.
@@ -59,10 +68,14 @@ def learn(
         load_settings(config, overrides=deep_merge(base, extra))
     settings = load_settings(config, overrides=base)
     if not quiet:
-        t = settings.pretrain
-        console.print(kv_table("bench learn", {
-            "config": config or "defaults", "model": settings.model.dims_label, "data": settings.data.mix_pretrain,
-            "scored on": f"the whole val split of {settings.data.val_pretrain_source}",
+        t = getattr(settings, phase)
+        sft = phase == "sft"
+        console.print(kv_table(f"bench learn ({phase})", {
+            "config": config or "defaults", "model": settings.model.dims_label,
+            "data": settings.data.mix_sft if sft else settings.data.mix_pretrain,
+            **({"starts from": init_from} if sft else {}),
+            "scored on": (f"every example of the val splits of {', '.join(settings.data.mix_sft)} (assistant tokens)" if sft
+                          else f"the whole val split of {settings.data.val_pretrain_source}"),
             "budget": t.max_time or (f"{t.max_tokens:,} tokens" if t.max_tokens else f"{t.total_steps} steps"),
             "batch": f"{t.micro_batch} × {t.accum_steps} × T={settings.model.seq_len}",
             "recipe": f"{t.optimizer}, {t.schedule} schedule, warmup {t.warmup_steps} steps"
@@ -71,7 +84,7 @@ def learn(
             "out": out,
         }))
     if len(runs) == 1:
-        results = [run_learn(settings, out, name, show=not quiet)]
+        results = [run_learn(settings, out, name, show=not quiet, phase=phase, init_from=init_from)]
     else:
         results = []
         for run_name, extra in runs:
@@ -87,7 +100,7 @@ def learn(
     header, rows = comparison_rows(results)
     console.print(table("val bits/byte", header, rows))
     # "settings" is what every run shares (--set, --source, the budget); each run's "overrides" is its own variant.
-    record = {"mode": "learn", "settings": base, "runs": [r.to_json() for r in results]}
+    record = {"mode": "learn", "phase": phase, "settings": base, "runs": [r.to_json() for r in results]}
     if len(results) > 1:  # an ablation's table and record stay beside its runs
         atomic_write_text(out / "ablation.md", markdown_table(header, rows))
         atomic_write_text(out / "ablation.json", json.dumps(record, indent=1))

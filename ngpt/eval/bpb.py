@@ -10,6 +10,7 @@ left out of the numerator too; the loss per token counts every labelled target.
 
     acc = stream_bpb(model, ids, token_bytes, batch_size=8)              # a whole token stream, each target once
     acc = stream_bpb(model, ids, token_bytes, stride=128)                # sliding windows: more context per target
+    acc = examples_bpb(model, sft_reader_examples, token_bytes)         # (ids, labels) pairs: the labelled targets
 
 One implementation: training's val_bpb (ngpt.train.evaluate), `ngpt eval bpb` and `ngpt bench learn`.
 """
@@ -17,9 +18,10 @@ One implementation: training's val_bpb (ngpt.train.evaluate), `ngpt eval bpb` an
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -114,6 +116,41 @@ def stream_bpb(
             acc.add(token_nats(logits, y), y.reshape(-1))
         if on_window is not None:
             on_window(len(chunk))
+    model.train(was_training)
+    return acc
+
+
+@torch.no_grad()
+def examples_bpb(
+    model: torch.nn.Module,
+    examples: Iterable[tuple[np.ndarray, np.ndarray]],
+    token_bytes: Tensor,
+    *,
+    batch_size: int = 8,
+    autocast: Callable[[], AbstractContextManager] = nullcontext,
+) -> BitsPerByte:
+    """Score the labelled targets of whole examples (an SFT split: ids and labels, IGNORE_INDEX where untrained),
+    each example alone in its row (its first seq_len + 1 tokens), so no example sees another's context."""
+    device = next(model.parameters()).device
+    width = model.cfg.seq_len + 1
+    acc = BitsPerByte(token_bytes.to(device))
+    pairs = sorted(((ids[:width], labels[:width]) for ids, labels in examples), key=lambda p: len(p[0]))
+    was_training = model.training
+    model.eval()
+    for i in range(0, len(pairs), batch_size):
+        chunk = [p for p in pairs[i : i + batch_size] if len(p[0]) > 1]
+        if not chunk:
+            continue
+        n = max(len(ids) for ids, _ in chunk)
+        rows = torch.zeros((len(chunk), n), dtype=torch.long)
+        labels = torch.full((len(chunk), n), IGNORE_INDEX, dtype=torch.long)
+        for r, (ids, lab) in enumerate(chunk):
+            rows[r, : len(ids)] = torch.from_numpy(ids)
+            labels[r, : len(lab)] = torch.from_numpy(lab)
+        x, y = rows[:, :-1].to(device), labels[:, 1:].to(device)
+        with autocast():
+            logits, _ = model(x)
+        acc.add(token_nats(logits, y), y.reshape(-1))
     model.train(was_training)
     return acc
 
