@@ -147,11 +147,11 @@ def test_every_settings_field_is_documented_once_in_settings():
 
 
 def test_an_sft_section_keeps_the_sft_defaults_it_does_not_set(tmp_path):
-    """SFT's own defaults (AdamW, lr 1e-4, cosine) are a layer under every config, not only when `sft` is absent."""
+    """SFT's own defaults (AdamW, lr 1e-3, cosine) are a layer under every config, not only when `sft` is absent."""
     path = tmp_path / "c.json"
     path.write_text(json.dumps({"sft": {"total_steps": 5}}))
     for s in (load_settings(path), load_settings(None, overrides={"sft": {"micro_batch": 2}})):
-        assert s.sft.optimizer == "adamw" and s.sft.lr == 1e-4 and s.sft.schedule == "cosine"
+        assert s.sft.optimizer == "adamw" and s.sft.lr == 1e-3 and s.sft.schedule == "cosine"
         assert s.pretrain.optimizer == "muon" and s.pretrain.schedule == "wsd"
     assert load_settings(path).sft.total_steps == 5 and load_settings(None).sft == load_settings(path).sft.model_copy(
         update={"total_steps": 1000})

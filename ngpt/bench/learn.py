@@ -2,7 +2,7 @@
 
     ngpt bench learn -c configs/shakespeare.json --max-time 110s
     ngpt bench learn -c configs/shakespeare.json --max-time 110s --ablate pretrain.optimizer=adamw,muon
-    ngpt bench learn -c configs/chat.json --phase sft --init-from ckpt.pt --max-time 60s --ablate sft.lr=1e-4,3e-4
+    ngpt bench learn -c configs/chat.json --phase sft --init-from ckpt.pt --max-time 60s --ablate sft.lr=3e-4,1e-3
 
     result = run_learn(settings, Path("bench/learn/baseline"))            # one run, in this process
     rows = run_ablation(LearnPlan(...))                                   # baseline + variants, fresh processes

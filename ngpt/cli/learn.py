@@ -3,7 +3,7 @@
     ngpt bench learn -c configs/shakespeare.json --source wikitext=bench/shakespeare --max-time 110s
     ngpt bench learn -c configs/books.json --max-time 300s --ablate pretrain.optimizer=adamw,muon --ablate model.qk_norm=false
     ngpt bench learn -c configs/demo.json --max-tokens 2000000 --set pretrain.muon_lr=0.03
-    ngpt bench learn -c configs/chat.json --phase sft --init-from bench/chat/pretrain.pt --max-time 60s --ablate sft.lr=1e-4,3e-4
+    ngpt bench learn -c configs/chat.json --phase sft --init-from bench/chat/pretrain.pt --max-time 60s --ablate sft.lr=3e-4,1e-3
 
 Prints the plan, trains (one run; or with --ablate the baseline and every variant, each in a fresh
 process with the same seed and budget), then a table of val bits/byte against the baseline; the last
