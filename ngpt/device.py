@@ -70,6 +70,10 @@ class Precision:
         return dtype_name(self.dtype) + " autocast"
 
 
+# No autocast: what generation runs under (its weights are already in the form to compute in).
+NO_AUTOCAST = Precision(False, None, False)
+
+
 def resolve_precision(device: torch.device, amp: str = "auto", amp_dtype: str = "auto") -> Precision:
     if amp == "false":
         return Precision(False, None, False)

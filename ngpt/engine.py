@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
-from ngpt.device import Precision, resolve_precision
+from ngpt.device import NO_AUTOCAST, Precision
 from ngpt.model import GPT, apply_rope
 from ngpt.sampling import SamplingParams, apply_repetition_penalty, sample_next
 from ngpt.tokenizer import TextStream, Tokenizer
@@ -138,15 +138,17 @@ class Engine:
         model: GPT,
         tok: Tokenizer,
         device: torch.device | str | None = None,
-        precision: Precision | None = None,
+        precision: Precision = NO_AUTOCAST,
         *,
         use_kv_cache: bool = True,
     ) -> None:
-        """device None = where the model already is; precision None = resolve_precision(device, "auto")."""
+        """device None = where the model already is. precision: an autocast to decode under (ngpt.device);
+        none by default, since decoding's precision is its weights' (inference.prepare_for_decoding), and the
+        training autocast's measurement says nothing about one-token steps."""
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.tok = tok
-        self.precision = precision if precision is not None else resolve_precision(self.device)
+        self.precision = precision
         self.use_kv_cache = use_kv_cache
         self.vocab_size = model.cfg.vocab_size
         if tok.vocab_size > self.vocab_size:

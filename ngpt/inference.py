@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ngpt.checkpoint import find_checkpoint, load_for_inference
-from ngpt.device import DTYPES, Precision, resolve_device
+from ngpt.device import DTYPES, NO_AUTOCAST, resolve_device
 from ngpt.engine import Engine
 from ngpt.model import GPT
 from ngpt.quantize import int8_supported, quantize_int8
@@ -27,8 +27,6 @@ WEIGHT_LABELS = {
     "fp16": "fp16 weights",
     "int8": "int8 weights (bf16 matmuls, fp32 rest)",
 }
-# Generation runs without autocast: prepare_for_decoding already put the weights in the form to compute in.
-NO_AUTOCAST = Precision(False, None, False)
 
 
 def choose_weights(device: torch.device, choice: str = "auto") -> str:
