@@ -357,7 +357,11 @@ def check_mix(mix: Mapping[str, float], allowed: tuple[str, ...], key: str) -> d
         raise ValueError(f"{key}: weights must be positive numbers, got {bad}")
     total = sum(mix.values())
     if abs(total - 1.0) > MIX_TOLERANCE:
-        raise ValueError(f"{key}: weights sum to {total:.6g}, they must sum to 1 (got {dict(mix)})")
+        # A mix is replaced whole (REPLACED_WHOLE), so two flags setting one source each leave only the last.
+        example = json.dumps({name: round(1 / len(mix), 3) for name in mix})
+        raise ValueError(f"{key}: weights sum to {total:.6g}, they must sum to 1 (got {dict(mix)}). A mix is set "
+                         f"whole, never merged source by source with the config's or another flag's: give every "
+                         f"source at once, e.g. {key}={example}")
     return dict(mix)
 
 

@@ -83,6 +83,13 @@ def test_mix_weights_positive_and_sum_to_one(mix, fragment):
         load_settings(overrides={"data": {"mix_pretrain": mix}}, environ={})
 
 
+def test_a_mix_set_one_source_at_a_time_says_it_is_set_whole():
+    """Two --set flags for one mix's sources leave the last (mixes replace whole): the error says so."""
+    with pytest.raises(SettingsError, match=r"set whole.*give every source at once, e.g. data.mix_sft=") as err:
+        load_settings(overrides={"data": {"mix_sft": {"oasst1": 0.15}}}, environ={})
+    assert "got {'oasst1': 0.15}" in str(err.value)
+
+
 def test_mix_sum_tolerance():
     s = load_settings(overrides={"data": {"mix_pretrain": {"wikitext": 1 / 3, "gutenberg": 1 / 3, "roam": 1 / 3}}}, environ={})
     assert set(s.data.mix_pretrain) == {"wikitext", "gutenberg", "roam"}
