@@ -70,17 +70,18 @@ class Precision:
         return dtype_name(self.dtype) + " autocast"
 
 
-# No autocast: what generation runs under (its weights are already in the form to compute in).
+# No autocast: fp32 training (amp false, MPS), and what generation always runs under (its weights are already
+# in the form to compute in).
 NO_AUTOCAST = Precision(False, None, False)
 
 
 def resolve_precision(device: torch.device, amp: str = "auto", amp_dtype: str = "auto") -> Precision:
     if amp == "false":
-        return Precision(False, None, False)
+        return NO_AUTOCAST
     if device.type == "mps":
         if amp == "true":
             raise ValueError("amp=true is not supported on MPS here; use amp=false or auto")
-        return Precision(False, None, False)
+        return NO_AUTOCAST
     if device.type == "cuda":
         bf16_ok = torch.cuda.is_bf16_supported()
         dtype = DTYPES.get(amp_dtype) or (torch.bfloat16 if bf16_ok else torch.float16)  # amp_dtype: auto | bf16 | fp16
