@@ -149,8 +149,8 @@ class Muon(torch.optim.Optimizer):
                 bufs.append(state["momentum_buffer"])
             # Per-tensor foreach ops, in place: the buffers are updated where they live and the gradients
             # (spent after this step) become the Nesterov updates, so the group is stacked once, for the
-            # iterations, instead of stacking the buffers and copying them back (measured: the copies cost
-            # as much as the iterations' matmuls on the 20M model's 48 matrices).
+            # iterations, instead of stacking the buffers and copying them back (measured on the 20M model's
+            # 48 matrices: the whole optimizer step 208-224 -> 196-203 ms; the matmuls are the rest).
             grads = [p.grad for p in params]
             torch._foreach_lerp_(bufs, grads, 1 - momentum)
             torch._foreach_lerp_(grads, bufs, momentum)
