@@ -18,7 +18,7 @@ from ngpt.batches import Batch
 from ngpt.device import Precision
 from ngpt.model import GPT
 from ngpt.settings import ModelSettings, TrainSettings
-from ngpt.train.muon import NS_COEFFICIENTS, Muon, MuonWithAdamW, gram_is_cheaper, orthogonalize
+from ngpt.train.muon import EPS, NS_COEFFICIENTS, Muon, MuonWithAdamW, gram_is_cheaper, gram_newton_schulz, orthogonalize
 from ngpt.train.optim import make_optimizer, parameter_groups
 from ngpt.train.step import accumulate_gradients, autocast_factory, optimizer_step
 
@@ -96,11 +96,60 @@ def test_fp32_iterations_equal_the_plain_newton_schulz(shape, scaling):
 
 
 def test_the_gram_form_is_chosen_where_it_saves_flops():
-    """4r + 8k − 6 < k(4r + 2) short³ units (r = long/short, k steps): at 4 steps from r > 1.5, never when square
-    or with one step."""
-    assert not gram_is_cheaper(384, 384, 4) and not gram_is_cheaper(384, 576, 4)
-    assert gram_is_cheaper(384, 577, 4) and gram_is_cheaper(384, 1536, 4) and gram_is_cheaper(384, 1536, 5)
-    assert not gram_is_cheaper(16, 1600, 1)
+    """4r·n + 8k − 6n < k(4r + 2) short³ units (r = long/short, k steps, n segments between restarts): at 4 steps
+    from r > 1.5 with or without a restart, never when square or with one step."""
+    for restart in (None, 2):
+        assert not gram_is_cheaper(384, 384, 4, restart) and not gram_is_cheaper(384, 576, 4, restart)
+        assert gram_is_cheaper(384, 577, 4, restart) and gram_is_cheaper(384, 1536, 4, restart)
+        assert not gram_is_cheaper(16, 1600, 1, restart)
+    assert gram_is_cheaper(384, 1536, 5) and gram_is_cheaper(384, 1536, 5, 2)
+    assert not gram_is_cheaper(384, 1536, 8, 1)  # a restart every step re-forms X·Xᵀ as often as the plain loop
+
+
+def ill_conditioned(n, rows, cols, gen):
+    """n wide matrices with singular values spread from 1 to 1e-3, as late-training momentum buffers are."""
+    u, _ = torch.linalg.qr(torch.randn(n, rows, rows, generator=gen))
+    v, _ = torch.linalg.qr(torch.randn(n, cols, rows, generator=gen))
+    return u @ torch.diag(torch.logspace(0, -3, rows)) @ v.mT
+
+
+def aol_scaled(g, dtype):
+    x = g.to(dtype)
+    gram = torch.bmm(x, x.mT)
+    stats = torch.float64 if dtype == torch.float64 else torch.float32  # as orthogonalize: fp32 statistics for bf16
+    row = gram.abs().sum(-1, dtype=stats).clamp(min=EPS).rsqrt().to(dtype)
+    return x * row[:, :, None], gram * row[:, :, None] * row[:, None, :]
+
+
+@pytest.mark.parametrize("restart", [1, 2, 3])
+def test_a_restarted_gram_form_is_still_the_plain_iteration(restart):
+    """Re-forming X and X·Xᵀ between segments changes nothing in exact arithmetic (float64 here)."""
+    g = torch.randn(3, 16, 48, generator=torch.Generator().manual_seed(4))
+    x, gram = aol_scaled(g, torch.float64)
+    ours = gram_newton_schulz(x, gram, 4, restart_every=restart)
+    torch.testing.assert_close(ours, newton_schulz_from_the_definition(g, 4, "aol"), rtol=0, atol=1e-10)
+
+
+def test_bf16_iterations_restart_the_gram_form_and_stay_as_accurate_as_the_plain_loop():
+    """In bf16 the Gram form drifts (errors in X·Xᵀ are not corrected), so orthogonalize restarts it; on an
+    ill-conditioned 4:1 stack it then lands as near the float64 iterate as the plain bf16 loop does, where the
+    unrestarted form overshoots."""
+    g = ill_conditioned(4, 32, 128, torch.Generator().manual_seed(0))
+    exact = newton_schulz_from_the_definition(g, 4, "aol")
+
+    def error(x):
+        return ((x.double() - exact).norm() / exact.norm()).item()
+
+    ours = orthogonalize(g, 4, "aol", dtype=torch.bfloat16)
+    assert error(ours) < 0.1 and torch.linalg.svdvals(ours.double()).max() < 1.25
+    x, gram = aol_scaled(g, torch.bfloat16)
+    assert error(gram_newton_schulz(x, gram, 4)) > 0.5  # why the restarts exist
+    plain_loop = x
+    a, b, c = NS_COEFFICIENTS
+    for _ in range(4):
+        A = torch.bmm(plain_loop, plain_loop.mT)
+        plain_loop = a * plain_loop + torch.bmm(b * A + c * torch.bmm(A, A), plain_loop)
+    assert error(ours) < 1.2 * error(plain_loop)
 
 
 def test_a_state_saved_before_ns_scaling_existed_steps_with_frobenius():
