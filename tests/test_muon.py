@@ -18,7 +18,9 @@ from ngpt.batches import Batch
 from ngpt.device import Precision
 from ngpt.model import GPT
 from ngpt.settings import ModelSettings, TrainSettings
-from ngpt.train.muon import EPS, NS_COEFFICIENTS, Muon, MuonWithAdamW, gram_is_cheaper, gram_newton_schulz, orthogonalize
+from ngpt.train import muon
+from ngpt.train.muon import (EPS, NS_COEFFICIENTS, Muon, MuonWithAdamW, gram_is_cheaper, gram_newton_schulz,
+                             gram_restart_every, orthogonalize)
 from ngpt.train.optim import make_optimizer, parameter_groups
 from ngpt.train.step import accumulate_gradients, autocast_factory, optimizer_step
 
@@ -42,8 +44,10 @@ def test_a_step_equals_torch_optim_muon(shape):
         ours_p.grad, ref_p.grad = g.clone(), g.clone()
         ours.step()
         ref.step()
-    # Both iterate in bf16; batched and single matmuls may round differently in the last bit.
-    torch.testing.assert_close(ours_p.data, ref_p.data, rtol=0, atol=2e-3)
+    # Both iterate in bf16, and the rectangular shapes here take the restarted Gram form, which rounds otherwise
+    # than torch's plain loop (measured: up to 1.4e-3 apart after 3 steps); a wrong lr factor, momentum or
+    # decay is off by ≥ 1e-2.
+    torch.testing.assert_close(ours_p.data, ref_p.data, rtol=0, atol=3e-3)
     assert (ours_p.data - init).abs().max() > 0.02  # the steps moved it
 
 
@@ -130,26 +134,31 @@ def test_a_restarted_gram_form_is_still_the_plain_iteration(restart):
     torch.testing.assert_close(ours, newton_schulz_from_the_definition(g, 4, "aol"), rtol=0, atol=1e-10)
 
 
-def test_bf16_iterations_restart_the_gram_form_and_stay_as_accurate_as_the_plain_loop():
+def test_bf16_iterations_restart_the_gram_form_and_stay_near_the_plain_loops_accuracy(monkeypatch):
     """In bf16 the Gram form drifts (errors in X·Xᵀ are not corrected), so orthogonalize restarts it; on an
-    ill-conditioned 4:1 stack it then lands as near the float64 iterate as the plain bf16 loop does, where the
-    unrestarted form overshoots."""
+    ill-conditioned 4:1 stack it then lands about as near the float64 iterate as orthogonalize's own plain
+    bf16 loop, where the unrestarted form overshoots."""
     g = ill_conditioned(4, 32, 128, torch.Generator().manual_seed(0))
     exact = newton_schulz_from_the_definition(g, 4, "aol")
 
     def error(x):
         return ((x.double() - exact).norm() / exact.norm()).item()
 
+    assert gram_restart_every(torch.bfloat16) == 2 and gram_is_cheaper(32, 128, 4, 2)  # this stack takes the Gram form
     ours = orthogonalize(g, 4, "aol", dtype=torch.bfloat16)
     assert error(ours) < 0.1 and torch.linalg.svdvals(ours.double()).max() < 1.25
     x, gram = aol_scaled(g, torch.bfloat16)
     assert error(gram_newton_schulz(x, gram, 4)) > 0.5  # why the restarts exist
-    plain_loop = x
-    a, b, c = NS_COEFFICIENTS
-    for _ in range(4):
-        A = torch.bmm(plain_loop, plain_loop.mT)
-        plain_loop = a * plain_loop + torch.bmm(b * A + c * torch.bmm(A, A), plain_loop)
-    assert error(ours) < 1.2 * error(plain_loop)
+    monkeypatch.setattr(muon, "gram_is_cheaper", lambda *args: False)
+    plain_loop = orthogonalize(g, 4, "aol", dtype=torch.bfloat16)
+    assert not torch.equal(ours, plain_loop)  # orthogonalize did take the Gram form
+    assert error(ours) < 1.5 * error(plain_loop)
+
+
+def test_a_restart_interval_below_one_is_refused():
+    x, gram = aol_scaled(torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(0)), torch.float64)
+    with pytest.raises(ValueError, match="restart_every"):
+        gram_newton_schulz(x, gram, 4, restart_every=0)
 
 
 def test_a_state_saved_before_ns_scaling_existed_steps_with_frobenius():

@@ -16,9 +16,9 @@ then ran steps 1.35-1.45× faster. A short run loses by compiling and a long one
    this machine (ngpt.measured's file), when the budget left × (1 − 1/its speedup) is at least PAYBACK ×
    its compile time; a compile that failed here (no C++ compiler) is not tried again. A record of a
    cold compile (the first of this model here) overstates the next one, which reads inductor's cache
-   (on the Zen 5 host the Shakespeare model's took 23 s cold, and a 110 s run then stayed eager for a
-   31 s saving): it is an upper bound on the cost, so a gain of once that bound is enough, and the
-   compile it allows records the warm cost for the runs after. Without a
+   (on the Zen 5 host the Shakespeare model's took 23 s cold, and a 110 s run then stayed eager, its
+   saving of about 31 s short of twice that): it is an upper bound on the cost, so a gain of once that
+   bound is enough, and the compile it allows records the warm cost for the runs after. Without a
    record (or when inductor's cache has been emptied since, so the next compile is a cold one): when
    at least MIN_SECONDS_LEFT remain (at the cold costs above a compile has paid for itself after 2-3
    minutes; ten leave room for a slower machine or a smaller gain);
@@ -112,6 +112,9 @@ class CompilePolicy:
 
     def __init__(self, record: CompileRecord | None = None) -> None:
         self.record = record
+        # A compile with no record is cold unless inductor's cache holds kernels already (measured.json deleted, a
+        # record of another version): then it may be warm, and its record keeps the stricter rule.
+        self.cache_held_kernels = _holds_kernels(inductor_cache_dir())
         self.measured: CompileRecord | None = None  # this run's own record, once it compiled (or failed to)
         self.phase: Literal["probe", "check", "settled"] = "probe"
         self.times: list[float] = []
@@ -159,7 +162,7 @@ class CompilePolicy:
         speedup = self.eager_step_s / self.compiled_step_s
         self.phase = "settled"
         self.measured = CompileRecord(round(self.compile_s, 2), round(speedup, 3), inductor_cache_dir(),
-                                      cold=self.record is None)
+                                      cold=self.record is None and not self.cache_held_kernels)
         keep = speedup >= MIN_SPEEDUP
         self.outcome = (f"{'compiled' if keep else 'back to eager'}: compiled steps {speedup:.2f}× eager's "
                         f"({self.compiled_step_s:.3f} vs {self.eager_step_s:.3f} s), the compile took {self.compile_s:.0f} s")

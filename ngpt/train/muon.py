@@ -123,6 +123,8 @@ def gram_newton_schulz(x: Tensor, gram: Tensor, steps: int, restart_every: int |
     errors in X are, so with `restart_every` (half precision) X ← Q·X and R ← X·Xᵀ are formed afresh
     after every that many steps.
     """
+    if restart_every is not None and restart_every < 1:
+        raise ValueError(f"restart_every={restart_every}: restart after 1 step or more, or None for never")
     a, b, c = NS_COEFFICIENTS
     eye = torch.eye(gram.size(-1), dtype=gram.dtype, device=gram.device)
     done = 0
