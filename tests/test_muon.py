@@ -19,7 +19,7 @@ from ngpt.device import Precision
 from ngpt.model import GPT
 from ngpt.settings import ModelSettings, TrainSettings
 from ngpt.train import muon
-from ngpt.train.muon import (EPS, NS_COEFFICIENTS, Muon, MuonWithAdamW, gram_is_cheaper, gram_newton_schulz,
+from ngpt.train.muon import (NS_COEFFICIENTS, Muon, MuonWithAdamW, aol_scaled, gram_is_cheaper, gram_newton_schulz,
                              gram_restart_every, orthogonalize)
 from ngpt.train.optim import make_optimizer, parameter_groups
 from ngpt.train.step import accumulate_gradients, autocast_factory, optimizer_step
@@ -117,19 +117,17 @@ def ill_conditioned(n, rows, cols, gen):
     return u @ torch.diag(torch.logspace(0, -3, rows)) @ v.mT
 
 
-def aol_scaled(g, dtype):
+def aol_start(g, dtype):
+    """orthogonalize's AOL start for a wide stack g, in `dtype`."""
     x = g.to(dtype)
-    gram = torch.bmm(x, x.mT)
-    stats = torch.float64 if dtype == torch.float64 else torch.float32  # as orthogonalize: fp32 statistics for bf16
-    row = gram.abs().sum(-1, dtype=stats).clamp(min=EPS).rsqrt().to(dtype)
-    return x * row[:, :, None], gram * row[:, :, None] * row[:, None, :]
+    return aol_scaled(x, torch.bmm(x, x.mT))
 
 
 @pytest.mark.parametrize("restart", [1, 2, 3])
 def test_a_restarted_gram_form_is_still_the_plain_iteration(restart):
     """Re-forming X and X·Xᵀ between segments changes nothing in exact arithmetic (float64 here)."""
     g = torch.randn(3, 16, 48, generator=torch.Generator().manual_seed(4))
-    x, gram = aol_scaled(g, torch.float64)
+    x, gram = aol_start(g, torch.float64)
     ours = gram_newton_schulz(x, gram, 4, restart_every=restart)
     torch.testing.assert_close(ours, newton_schulz_from_the_definition(g, 4, "aol"), rtol=0, atol=1e-10)
 
@@ -147,7 +145,7 @@ def test_bf16_iterations_restart_the_gram_form_and_stay_near_the_plain_loops_acc
     assert gram_restart_every(torch.bfloat16) == 2 and gram_is_cheaper(32, 128, 4, 2)  # this stack takes the Gram form
     ours = orthogonalize(g, 4, "aol", dtype=torch.bfloat16)
     assert error(ours) < 0.1 and torch.linalg.svdvals(ours.double()).max() < 1.25
-    x, gram = aol_scaled(g, torch.bfloat16)
+    x, gram = aol_start(g, torch.bfloat16)
     assert error(gram_newton_schulz(x, gram, 4)) > 0.5  # why the restarts exist
     monkeypatch.setattr(muon, "gram_is_cheaper", lambda *args: False)
     plain_loop = orthogonalize(g, 4, "aol", dtype=torch.bfloat16)
@@ -156,7 +154,7 @@ def test_bf16_iterations_restart_the_gram_form_and_stay_near_the_plain_loops_acc
 
 
 def test_a_restart_interval_below_one_is_refused():
-    x, gram = aol_scaled(torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(0)), torch.float64)
+    x, gram = aol_start(torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(0)), torch.float64)
     with pytest.raises(ValueError, match="restart_every"):
         gram_newton_schulz(x, gram, 4, restart_every=0)
 

@@ -85,6 +85,8 @@ def inductor_cache_dir() -> str:
 
 
 def _holds_kernels(cache_dir: str) -> bool:
+    if not cache_dir:  # inductor_cache_dir() could not say where the cache is
+        return False
     fxgraph = Path(cache_dir) / "fxgraph"  # inductor's cache of compiled graphs
     return fxgraph.is_dir() and any(fxgraph.iterdir())
 
@@ -114,7 +116,7 @@ class CompilePolicy:
         self.record = record
         # A compile with no record is cold unless inductor's cache holds kernels already (measured.json deleted, a
         # record of another version): then it may be warm, and its record keeps the stricter rule.
-        self.cache_held_kernels = _holds_kernels(inductor_cache_dir())
+        self.compile_is_cold = record is None and not _holds_kernels(inductor_cache_dir())
         self.measured: CompileRecord | None = None  # this run's own record, once it compiled (or failed to)
         self.phase: Literal["probe", "check", "settled"] = "probe"
         self.times: list[float] = []
@@ -162,7 +164,7 @@ class CompilePolicy:
         speedup = self.eager_step_s / self.compiled_step_s
         self.phase = "settled"
         self.measured = CompileRecord(round(self.compile_s, 2), round(speedup, 3), inductor_cache_dir(),
-                                      cold=self.record is None and not self.cache_held_kernels)
+                                      cold=self.compile_is_cold)
         keep = speedup >= MIN_SPEEDUP
         self.outcome = (f"{'compiled' if keep else 'back to eager'}: compiled steps {speedup:.2f}× eager's "
                         f"({self.compiled_step_s:.3f} vs {self.eager_step_s:.3f} s), the compile took {self.compile_s:.0f} s")

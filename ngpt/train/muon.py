@@ -59,9 +59,10 @@ def orthogonalize(updates: Tensor, steps: int, scaling: str = "frobenius", dtype
     does): also ≤ 1, but far less pessimistic, so the small singular values start nearer 1 and, on
     Gaussian matrices, one iteration fewer reaches the same accuracy (on a trained model's momentum
     buffers it gains less: 4 steps reach about Frobenius's 4; README round 8). Its Gram matrix is the
-    first iteration's, so it costs no matmul. The update is applied in fp32 whatever `dtype` the iterations ran in. A matrix whose long
-    side is enough longer than its short one iterates on its Gram matrix instead (gram_newton_schulz: the
-    same polynomial, fewer flops; in bf16 restarted every GRAM_RESTART_EVERY steps).
+    first iteration's, so it costs no matmul (aol_scaled). The update is applied in fp32 whatever
+    `dtype` the iterations ran in. A matrix whose long side is enough longer than its short one
+    iterates on its Gram matrix instead (gram_newton_schulz: the same polynomial, fewer flops; in bf16
+    restarted every GRAM_RESTART_EVERY steps).
     """
     a, b, c = NS_COEFFICIENTS
     tall = updates.size(-2) > updates.size(-1)
@@ -70,9 +71,7 @@ def orthogonalize(updates: Tensor, steps: int, scaling: str = "frobenius", dtype
         x = x / x.flatten(1).norm(dim=1).clamp(min=EPS)[:, None, None]
     gram = torch.bmm(x, x.mT)
     if scaling == "aol":
-        row = gram.abs().sum(-1, dtype=torch.float32).clamp(min=EPS).rsqrt().to(dtype)  # (N, rows)
-        x = x * row[:, :, None]
-        gram = gram * row[:, :, None] * row[:, None, :]  # D·A·D: the Gram matrix of D·X
+        x, gram = aol_scaled(x, gram)
     restart = gram_restart_every(dtype)
     if gram_is_cheaper(x.size(-2), x.size(-1), steps, restart):
         x = gram_newton_schulz(x, gram, steps, restart)
@@ -83,6 +82,14 @@ def orthogonalize(updates: Tensor, steps: int, scaling: str = "frobenius", dtype
             poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)  # b·A + c·A²
             x = torch.baddbmm(x, poly, x, beta=a)  # a·X + (b·A + c·A²)·X
     return x.mT if tall else x
+
+
+def aol_scaled(x: Tensor, gram: Tensor) -> tuple[Tensor, Tensor]:
+    """AOL's start for a wide stack X and its Gram matrix A = X·Xᵀ: D·X with D_ii = (Σ_j |A_ij|)^-½, and
+    D·A·D (the Gram matrix of D·X, without a matmul). The row sums are taken in at least fp32."""
+    stats = torch.promote_types(x.dtype, torch.float32)
+    row = gram.abs().sum(-1, dtype=stats).clamp(min=EPS).rsqrt().to(x.dtype)  # (N, rows)
+    return x * row[:, :, None], gram * row[:, :, None] * row[:, None, :]
 
 
 # bf16 keeps ~3 significant digits; the Gram form follows R = X·Xᵀ, whose rounding errors the iteration does
@@ -204,9 +211,10 @@ class Muon(torch.optim.Optimizer):
         wide one: one per index of the longer side."""
         dim = -1 if updates.size(-2) >= updates.size(-1) else -2
         if updates.stride(dim) == 1:
-            # Along contiguous memory a norm reduction gives the fp32 mean square without an fp32 copy (the square
-            # matrices' rows: 1.3 ms against 2.3 for the copy, 32 × 384²); down columns, as for the MLP's matrices
-            # (a tall one's update is a transposed view), it is 3× slower than the copy (7.5 against 2.6 ms, 8 × 384 × 1536).
+            # Along contiguous memory a norm reduction gives the fp32 mean square without an fp32 copy (the
+            # square matrices' rows: 1.3 ms against 2.3 for the copy, 32 × 384²); down columns, as for the
+            # MLP's matrices (a tall one's update is a transposed view), it is 3× slower than the copy (7.5
+            # against 2.6 ms, 8 × 384 × 1536).
             sq = torch.linalg.vector_norm(updates, dim=dim, keepdim=True, dtype=torch.float32).square_()
         else:
             sq = updates.float().square().sum(dim=dim, keepdim=True)
