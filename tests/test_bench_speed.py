@@ -67,6 +67,21 @@ def test_speed_train_prints_tables_then_json_last():
     assert "transformers" not in record and "ratio" not in record
 
 
+def test_speed_train_times_the_configs_batch_unless_told(tmp_path):
+    """Without --micro-b / --accum-steps the timed step is the one training would take: pretrain.micro_batch
+    × accum_steps from the config."""
+    config = tmp_path / "batch.json"
+    config.write_text(json.dumps({"pretrain": {"micro_batch": 3, "accum_steps": 2}}))
+    fast = ["--warmup-steps", "1", "--steps", "1", "--device", "cpu", "--amp", "false"]
+    result = CliRunner().invoke(app, ["speed", "--train", *TINY, *fast, "-c", str(config)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (record["config"]["micro_b"], record["config"]["accum_steps"]) == (3, 2)
+    assert record["config"]["tokens_per_step"] == 3 * 2 * 16
+    _, told = run_speed("-c", str(config), "--accum-steps", "1")
+    assert (told["config"]["micro_b"], told["config"]["accum_steps"]) == (2, 1)
+
+
 def test_speed_without_a_single_mode_exits_2():
     assert CliRunner().invoke(app, ["speed", *TINY]).exit_code == 2
     assert CliRunner().invoke(app, ["speed", "--train", "--decode", *TINY]).exit_code == 2

@@ -203,6 +203,8 @@ def test_row_norm_is_normuon_written_from_its_definition(shape):
             normed = o / v.sqrt()
             w -= 0.02 * max(1.0, shape[0] / shape[1]) ** 0.5 * normed * (o.norm() / normed.norm())
         torch.testing.assert_close(ours[i].data, w, rtol=0, atol=1e-4)  # the update is applied from bf16
+        # The state keeps the parameter's orientation (a tall matrix's statistics are taken transposed).
+        assert opt.state[ours[i]]["second_moment"].shape == v.shape
     plain = torch.nn.Parameter(inits[0].clone())
     plain_opt = Muon([plain], lr=0.02, momentum=0.9, weight_decay=0.0, ns_steps=4, ns_scaling="aol")
     for step_grads in grads:

@@ -57,8 +57,8 @@ def speed(
     n_head: Annotated[Optional[int], typer.Option(help=setting_help("model.n_head"))] = None,
     device: Annotated[Optional[str], typer.Option(help=setting_help("pretrain.device"))] = None,
     threads: ThreadsOpt = None,
-    micro_b: Annotated[Optional[int], typer.Option(min=1, help="--train: sequences per micro-batch (micro_B) [default 4].")] = None,
-    accum_steps: Annotated[Optional[int], typer.Option(min=1, help="--train: micro-batches per timed optimizer step [default 1].")] = None,
+    micro_b: Annotated[Optional[int], typer.Option(min=1, help="--train: sequences per micro-batch (micro_B) [default: the config's pretrain.micro_batch].")] = None,
+    accum_steps: Annotated[Optional[int], typer.Option(min=1, help="--train: micro-batches per timed optimizer step [default: the config's pretrain.accum_steps].")] = None,
     optimizer: Annotated[Optional[OptimizerChoice], typer.Option(help="--train: " + setting_help("pretrain.optimizer"))] = None,
     amp: Annotated[Optional[AmpChoice], typer.Option(help="--train: " + setting_help("pretrain.amp"))] = None,
     amp_dtype: Annotated[
@@ -148,10 +148,10 @@ def speed(
             dims = {k: getattr(s.model, k) for k in ("vocab_size", "seq_len", "n_embd", "n_layer", "n_head", "d_ff")}
             recipe = Recipe(str(against), other.model.model_copy(update=dims), other.pretrain)
         plan = SpeedPlan(
-            model=s.model, device=dev, precision=resolve_precision(dev, t.amp, t.amp_dtype), micro_b=micro_b or 4,
+            model=s.model, device=dev, precision=resolve_precision(dev, t.amp, t.amp_dtype), micro_b=micro_b or t.micro_batch,  # the step training would take
             warmup_steps=2 if warmup_steps is None else warmup_steps, steps=steps or 5,
             activation_checkpointing=t.activation_checkpointing, compile=t.compile is True, optim=t,  # auto: eager (a few steps)
-            accum_steps=accum_steps or 1, seed=t.seed, compare=compare, against=recipe,
+            accum_steps=accum_steps or t.accum_steps, seed=t.seed, compare=compare, against=recipe,
         )
         console.print(plan_table(plan))
         with console.status(f"measuring the matmul peak, then timing {plan.warmup_steps} + {plan.steps} steps"):
