@@ -20,7 +20,7 @@ from ngpt.model import GPT
 from ngpt.settings import ModelSettings, TrainSettings
 from ngpt.train import muon
 from ngpt.train.muon import (NS_COEFFICIENTS, Muon, MuonWithAdamW, aol_scaled, gram_is_cheaper, gram_newton_schulz,
-                             gram_restart_every, orthogonalize)
+                             gram_restart_every, orthogonalize, orthogonalize_heads)
 from ngpt.train.optim import make_optimizer, parameter_groups
 from ngpt.train.step import accumulate_gradients, autocast_factory, optimizer_step
 
@@ -234,6 +234,43 @@ def test_groups_give_muon_the_matrices_and_adamw_the_rest():
     adam = {g["name"]: g for g in opt.adamw.param_groups}
     assert set(adam) == {"embedding", "head", "scalars"} and adam["head"]["params"] == [model.lm_head.weight]
     assert adam["scalars"]["weight_decay"] == 0.0 and all(p.dim() == 1 for p in adam["scalars"]["params"])
+
+
+@pytest.mark.parametrize("axis", ["rows", "cols"])
+def test_split_heads_orthogonalises_each_heads_block_alone(axis):
+    """muon_split_heads: every head's rows (q, k, v) or columns (o) come out as orthogonalize makes that block alone,
+    so the blocks are each orthonormal, and the whole matrix is not what orthogonalising it whole gives."""
+    gen = torch.Generator().manual_seed(3)
+    stack = torch.randn(3, 24, 24, generator=gen)
+    got = orthogonalize_heads(stack, axis, 4, 5, "frobenius", torch.float32)
+    for n in range(3):
+        for h in range(4):
+            rows = slice(6 * h, 6 * h + 6)
+            block = stack[n, rows] if axis == "rows" else stack[n, :, rows].T
+            want = orthogonalize(block[None], 5, "frobenius", torch.float32)[0]
+            mine = got[n, rows] if axis == "rows" else got[n, :, rows].T
+            torch.testing.assert_close(mine, want, rtol=0, atol=1e-6)
+            assert torch.linalg.svdvals(mine).min() > 0.6  # each block is near-orthonormal (the quintic's band)
+    whole = orthogonalize(stack, 5, "frobenius", torch.float32)
+    assert (whole - got).abs().max() > 0.1
+    with pytest.raises(ValueError, match="24-row side does not split into 5 heads"):
+        orthogonalize_heads(stack, axis, 5, 5)
+
+
+def test_split_heads_groups_qkv_by_rows_and_o_by_columns():
+    model = GPT(MODEL)
+    opt = make_optimizer(model, MUON.model_copy(update={"muon_split_heads": True}), model.cfg, torch.device("cpu"), 1024)
+    splits = {}
+    for group in opt.muon.param_groups:
+        for p in group["params"]:
+            splits[id(p)] = group["head_split"]
+    for block in model.blocks:
+        a = block.attn
+        assert [splits[id(m.weight)] for m in (a.q, a.k, a.v, a.o)] == [("rows", 4)] * 3 + [("cols", 4)]
+    mlp = [p for n, p in model.named_parameters() if ".mlp." in n]
+    assert mlp and all(splits[id(p)] is None for p in mlp)
+    whole = make_optimizer(model, MUON.model_copy(update={"muon_split_heads": False}), model.cfg, torch.device("cpu"), 1024)
+    assert all(g["head_split"] is None for g in whole.muon.param_groups)
 
 
 @pytest.mark.parametrize("optimizer", ["muon", "adamw"])

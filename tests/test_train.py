@@ -297,6 +297,15 @@ def test_resuming_with_another_optimizer_fails_before_step_0_naming_the_key(work
         run_phase(other, "pretrain", show=False)
 
 
+def test_resuming_with_muon_split_the_other_way_fails_naming_the_key(workspace, tmp_path):
+    """Muon Split groups q, k, v and o apart, so a state saved one way cannot load into the other's groups."""
+    first = settings_for(workspace, tmp_path, total_steps=3, ckpt_every=3, eval_every=3, muon_split_heads=False)
+    run_phase(first, "pretrain", show=False)
+    other = settings_for(workspace, tmp_path, total_steps=6, muon_split_heads=True)
+    with pytest.raises(CheckpointError, match=r"pretrain\.muon_split_heads=false.*true.*--no-resume"):
+        run_phase(other, "pretrain", show=False)
+
+
 def test_parse_duration():
     from ngpt.settings import parse_duration
 

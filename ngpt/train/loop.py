@@ -126,6 +126,15 @@ def _check_same_optimizer(state: dict, cfg: TrainSettings, phase: str, path: Pat
             f"cannot continue another optimizer. Set {phase}.optimizer={saved} to resume, or start fresh with --no-resume "
             f"(or --init-from {path} to keep only the weights)."
         )
+    # Muon Split groups the matrices differently (q, k, v and o apart from the whole ones): its state is laid out by group.
+    saved_split = state.get("settings", {}).get(phase, {}).get("muon_split_heads", False)
+    if cfg.optimizer == "muon" and saved_split != cfg.muon_split_heads:
+        raise CheckpointError(
+            f"{path} was trained with {phase}.muon_split_heads={str(saved_split).lower()}, the settings say "
+            f"{str(cfg.muon_split_heads).lower()}: Muon's state is kept per group of matrices, and that setting groups them "
+            f"differently. Set {phase}.muon_split_heads={str(saved_split).lower()} to resume, or start fresh with --no-resume "
+            f"(or --init-from {path} to keep only the weights)."
+        )
 
 
 # ---------------------------------------------------------------------------------------------

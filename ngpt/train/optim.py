@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from ngpt.model import CausalSelfAttention
 from ngpt.settings import ModelSettings, TrainSettings
 from ngpt.train.muon import Muon, MuonWithAdamW, newton_schulz_dtype
 
@@ -87,16 +88,31 @@ def make_optimizer(model: nn.Module, cfg: TrainSettings, model_cfg: ModelSetting
     adamw = torch.optim.AdamW(adam_groups, betas=cfg.adam_betas, eps=cfg.adam_eps, fused=fused or None)
     if cfg.optimizer == "adamw":
         return adamw
-    by_shape: dict[tuple, list[nn.Parameter]] = {}
+    splits = head_blocks(model) if cfg.muon_split_heads else {}
+    by_kind: dict[tuple, list[nn.Parameter]] = {}  # one group per shape and head split: each is stacked whole
     for p in groups["matrices"]:
-        by_shape.setdefault(tuple(p.shape), []).append(p)
-    muon = Muon([{"params": ps, "name": f"matrices {r}×{c}", "kind": "muon"} for (r, c), ps in sorted(by_shape.items())],
+        by_kind.setdefault((tuple(p.shape), splits.get(id(p))), []).append(p)
+    muon = Muon([{"params": ps, "name": f"matrices {r}×{c}", "kind": "muon", "head_split": split}
+                 for ((r, c), split), ps in sorted(by_kind.items(), key=lambda kv: (kv[0][0], kv[0][1] or ()))],
                 lr=lrs["matrices"], momentum=cfg.muon_momentum, weight_decay=cfg.weight_decay, ns_steps=cfg.muon_ns_steps,
                 ns_scaling=cfg.muon_ns_scaling, row_norm=cfg.muon_row_norm, beta2=cfg.muon_beta2,
                 ns_dtype=newton_schulz_dtype(device))
     for group in muon.param_groups:
         group["name"] = "matrices"  # one lr for all of them; the shapes only batch the work
     return MuonWithAdamW(muon, adamw)
+
+
+def head_blocks(model: nn.Module) -> dict[int, tuple[str, int]]:
+    """muon_split_heads: the attention matrices made of per-head blocks, by id: ("rows", n_head) for q, k and v (each
+    head owns head_dim output rows), ("cols", n_head) for o (each head owns head_dim input columns). A model that is
+    not ngpt's GPT (the speed benchmark's transformers twin) has none: its matrices are orthogonalised whole."""
+    blocks: dict[int, tuple[str, int]] = {}
+    for module in model.modules():
+        if isinstance(module, CausalSelfAttention):
+            for linear in (module.q, module.k, module.v):
+                blocks[id(linear.weight)] = ("rows", module.n_head)
+            blocks[id(module.o.weight)] = ("cols", module.n_head)
+    return blocks
 
 
 def set_group_lrs(optimizer, peak: dict[str, float], factor: float) -> None:
