@@ -213,6 +213,24 @@ def test_row_norm_is_normuon_written_from_its_definition(shape):
     assert (plain.data - ours[0].data).abs().max() > 1e-3  # ten times the agreement above: it changed the steps
 
 
+@pytest.mark.parametrize("shape", [(24, 24), (40, 16), (16, 40)])
+def test_row_norm_takes_the_same_neurons_from_a_transposed_view(shape):
+    """A tall update, or o's under Muon Split, reaches NorMuon as a transposed view: it must normalise the same
+    neurons (a square matrix's rows) and keep the same state as the contiguous update would."""
+    gen = torch.Generator().manual_seed(5)
+    params = [torch.nn.Parameter(torch.randn(*shape, generator=gen)) for _ in range(2)]
+    contiguous = torch.randn(2, *shape, generator=gen)
+    view = contiguous.mT.contiguous().mT  # the same values, laid out transposed
+    assert not view.is_contiguous() or shape[0] == 1
+    opts = [Muon(params, lr=0.02, momentum=0.9, weight_decay=0.0, ns_steps=4, row_norm=True) for _ in range(2)]
+    for _ in range(2):  # twice: the second step reads the state the first left
+        a = opts[0]._neuron_scales(params, contiguous, 0.9)
+        b = opts[1]._neuron_scales(params, view, 0.9)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=0)
+        for p in params:
+            torch.testing.assert_close(opts[0].state[p]["second_moment"], opts[1].state[p]["second_moment"], rtol=1e-6, atol=0)
+
+
 def test_muon_refuses_what_it_cannot_orthogonalise():
     with pytest.raises(ValueError, match=r"shape \(8,\) is not 2-D"):
         Muon([torch.nn.Parameter(torch.zeros(8))], lr=0.02, momentum=0.95, weight_decay=0.0, ns_steps=5)

@@ -235,12 +235,13 @@ class Muon(torch.optim.Optimizer):
         slice of the orthogonalised update by the running RMS of that neuron's past slices and then rescales
         the whole update to its norm before. Neurons are the rows of a tall or square matrix, the columns of a
         wide one: one per index of the longer side."""
-        # A tall matrix's update is a transposed view (orthogonalize iterates on the wide side). The statistics
-        # are taken on its contiguous form (neurons are then its columns: the longer side either way), and the
-        # factor and the state turned back: squaring the transposed view cost 1.6× the contiguous one here.
+        dim = -1 if updates.size(-2) >= updates.size(-1) else -2  # reduced over: the neurons' slices lie along it
+        # A tall matrix's update, and o's under Muon Split, is a transposed view (orthogonalize iterates on the wide
+        # side; o's heads are its columns). The statistics are taken on its contiguous form, reducing over the
+        # other dim (the same neurons: a square o's are still its rows), and the factor and the state turned
+        # back: squaring the transposed view cost 1.6× the contiguous one here.
         transposed = not updates.is_contiguous() and updates.mT.is_contiguous()
-        u = updates.mT if transposed else updates
-        dim = -1 if u.size(-2) >= u.size(-1) else -2
+        u, dim = (updates.mT, -3 - dim) if transposed else (updates, dim)
         if u.stride(dim) == 1:
             # Along contiguous memory a norm reduction gives the fp32 mean square without an fp32 copy (the
             # square matrices' rows: 1.3 ms against 2.3 for the copy, 32 × 384²); down columns, as for the
