@@ -118,23 +118,21 @@ def _load_compatible(path, settings: Settings, tok: Tokenizer) -> dict:
 
 
 def _check_same_optimizer(state: dict, cfg: TrainSettings, phase: str, path: Path) -> None:
-    """A resumed run continues the optimizer's state: it must be the same optimizer."""
-    saved = state.get("optimizer_kind", "adamw")  # checkpoints from before Muon were all AdamW
-    if saved != cfg.optimizer:
-        raise CheckpointError(
-            f"{path} was trained with {phase}.optimizer={saved}, the settings say {cfg.optimizer}: its optimizer state "
-            f"cannot continue another optimizer. Set {phase}.optimizer={saved} to resume, or start fresh with --no-resume "
-            f"(or --init-from {path} to keep only the weights)."
-        )
-    # Muon Split groups the matrices differently (q, k, v and o apart from the whole ones): its state is laid out by group.
-    saved_split = state.get("settings", {}).get(phase, {}).get("muon_split_heads", False)
-    if cfg.optimizer == "muon" and saved_split != cfg.muon_split_heads:
-        raise CheckpointError(
-            f"{path} was trained with {phase}.muon_split_heads={str(saved_split).lower()}, the settings say "
-            f"{str(cfg.muon_split_heads).lower()}: Muon's state is kept per group of matrices, and that setting groups them "
-            f"differently. Set {phase}.muon_split_heads={str(saved_split).lower()} to resume, or start fresh with --no-resume "
-            f"(or --init-from {path} to keep only the weights)."
-        )
+    """A resumed run continues the optimizer's state: it must be the same optimizer, its state laid out the same way."""
+    # (key, what the checkpoint was trained with, why another value cannot continue it)
+    layout = [("optimizer", state.get("optimizer_kind", "adamw"),  # checkpoints from before Muon were all AdamW
+               "its optimizer state cannot continue another optimizer")]
+    if cfg.optimizer == "muon":
+        # Muon Split groups q, k, v and o apart from the whole matrices; checkpoints from before it grouped them whole.
+        layout.append(("muon_split_heads", state.get("settings", {}).get(phase, {}).get("muon_split_heads", False),
+                       "Muon's state is kept per group of matrices, and that setting groups them differently"))
+    for key, saved, why in layout:
+        if saved != getattr(cfg, key):
+            was, now = (str(v).lower() if isinstance(v, bool) else v for v in (saved, getattr(cfg, key)))
+            raise CheckpointError(
+                f"{path} was trained with {phase}.{key}={was}, the settings say {now}: {why}. Set {phase}.{key}={was} "
+                f"to resume, or start fresh with --no-resume (or --init-from {path} to keep only the weights)."
+            )
 
 
 # ---------------------------------------------------------------------------------------------
